@@ -1,0 +1,31 @@
+# ovkit: make install | make test | make demo | make bench
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ovkit-installed
+NPROC ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(STAMP)
+
+# Re-run the (idempotent) installer only when its inputs change: a second `make install`
+# finishes at once.
+$(STAMP): setup.py $(wildcard requirements/*.txt) $(wildcard tools/install/*)
+	VENV=$(VENV) bash tools/install/install.sh
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest tests -m "not e2e" $(PYTEST_ARGS)
+
+demo: install
+	VENV=$(VENV) NPROC=$(NPROC) bash tools/demo.sh
+
+bench: install
+	$(PY) tools/analysis/benchmark_accuracy.py
+
+clean:
+	rm -rf work_dirs data/shapes .pytest_cache

@@ -1,0 +1,16 @@
+"""Stand-in for ``mmaction.models.localizers.drn`` (missing from the mmaction2 1.2.0 wheel).
+
+Served by ovkit.compat so that ``import mmaction.models`` works. Building DRN itself fails
+with a message that says how to get the real module.
+"""
+from mmengine.model import BaseModel
+
+
+class DRN(BaseModel):
+    """Placeholder: the mmaction2 1.2.0 wheel does not ship DRN's source."""
+
+    def __init__(self, *args, **kwargs):
+        raise ImportError(
+            'mmaction.models.localizers.drn is missing from the mmaction2 1.2.0 wheel, so ovkit '
+            'serves a stand-in. To use DRN install mmaction2 from its git repository '
+            '(pip install "git+https://github.com/open-mmlab/mmaction2.git@v1.2.0").')

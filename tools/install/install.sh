@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One-command install of the ovkit stack into $VENV (default .venv). Idempotent: every step
+# checks what is already there. Called by `make install`.
+#
+#   PYTHON=python3.11   interpreter for a new venv
+#   VENV=.venv          target environment (an existing env with a CUDA torch is respected)
+#   SYSTEM_SITE=1       create the venv with --system-site-packages (reuse a system torch)
+#   FORCE_CUDA=1        build mmcv's CUDA ops too (needs nvcc matching torch's CUDA)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+VENV=${VENV:-.venv}
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=$(command -v python3.11 || command -v python3)
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[ovkit] creating $VENV with $PYTHON"
+  if [ "${SYSTEM_SITE:-0}" = 1 ]; then "$PYTHON" -m venv --system-site-packages "$VENV"
+  else "$PYTHON" -m venv "$VENV"; fi
+fi
+PY="$VENV/bin/python"
+PIP="$PY -m pip --disable-pip-version-check"
+
+echo "[ovkit] build tools"
+$PIP install -q -r requirements/build.txt
+
+# torch: keep a present, compatible pair; otherwise install the tested pair.
+if "$PY" tools/install/check_torch.py; then
+  echo "[ovkit] keeping the installed torch: $("$PY" -c 'import torch; print(torch.__version__)')"
+else
+  echo "[ovkit] installing the tested torch pair (requirements/torch.txt)"
+  $PIP install -q -r requirements/torch.txt
+  "$PY" tools/install/check_torch.py
+fi
+# Every later install is constrained to the torch now present, so nothing swaps it.
+CONSTRAINTS="$VENV/ovkit-constraints.txt"
+"$PY" - > "$CONSTRAINTS" <<'PYEOF'
+import importlib.metadata as md
+for name in ('torch', 'torchvision', 'setuptools'):
+    print(f'{name}=={md.version(name)}')
+print('mmcv==2.1.0')
+PYEOF
+
+bash tools/install/build_mmcv.sh "$PY"
+
+echo "[ovkit] OpenMMLab packages and runtime requirements"
+$PIP install -q -c "$CONSTRAINTS" -r requirements/mminstall.txt -r requirements/runtime.txt \
+  -r requirements/optional.txt -r requirements/tests.txt
+$PIP install -q -c "$CONSTRAINTS" --no-build-isolation --no-deps -e .
+
+"$PY" -c "import ovkit, mmcv.ops, mmdet, mmaction.models, mmpretrain, open_clip; \
+print('[ovkit] ready:', ovkit.env_summary())"
