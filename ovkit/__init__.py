@@ -10,6 +10,7 @@ from . import compat
 from .version import __version__
 
 compat.apply()
+from . import amp  # noqa: E402,F401  (registers OVKitCPUAmpOptimWrapper)
 
 FAMILIES = ('ovkit.baron', 'ovkit.sgg', 'ovkit.pptsm', 'ovkit.vit', 'ovkit.accuracy')
 

@@ -1,0 +1,20 @@
+# Sourced by dist_train.sh / dist_test.sh: picks the interpreter and the rendezvous settings.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -z "${PYTHON:-}" ]; then
+  if [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"
+  else PYTHON=$(command -v python || command -v python3); fi
+fi
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+if [ -z "${PORT:-}" ]; then
+  if [ "$NNODES" != 1 ]; then
+    echo "Multi-node runs need the same PORT on every node: set PORT (and MASTER_ADDR)." >&2
+    exit 2
+  fi
+  # A free port, so two runs on one machine do not collide.
+  PORT=$("$PYTHON" -c "import socket; s=socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])")
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# One thread per process unless the user says otherwise (torchrun's default, stated here).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make demo`: the main job end to end on the embedded shapes data.
+#   1. generate shapes data, 2. train with tools/dist_train.sh on NPROC processes,
+#   3. evaluate the checkpoint with tools/test.py and print its metrics.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+export PYTHON=${PYTHON:-$VENV/bin/python}
+NPROC=${NPROC:-2}
+
+"$PYTHON" tools/data/make_shapes.py --out data/shapes
+
+run() {  # run CONFIG NAME
+  local config=$1 work=work_dirs/demo_$2
+  echo "== training $config on $NPROC processes -> $work"
+  bash tools/dist_train.sh "$config" "$NPROC" --work-dir "$work"
+  local ckpt
+  ckpt=$(cat "$work/last_checkpoint")
+  echo "== evaluating $ckpt"
+  "$PYTHON" tools/test.py "$config" "$ckpt" --work-dir "$work/test" 2>&1 | tee "$work/test.log" \
+    | grep -E "Epoch\(test\).*\]  " || true
+}
+
+run configs/shapes/faster_rcnn_tiny.py faster_rcnn_tiny
+if [ -f configs/baron/shapes.py ]; then
+  run configs/baron/shapes.py baron_shapes
+fi

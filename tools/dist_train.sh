@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# tools/dist_train.sh CONFIG NPROC [train.py args]
+# torchrun launcher; NNODES, NODE_RANK, MASTER_ADDR, PORT respected; gloo where no GPU.
+set -euo pipefail
+if [ $# -lt 2 ]; then echo "usage: $0 CONFIG NPROC [train.py args]" >&2; exit 2; fi
+CONFIG=$1
+NPROC=$2
+source "$(dirname "$0")/_launch_common.sh"
+exec "$PYTHON" -m torch.distributed.run \
+  --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
+  --nproc_per_node="$NPROC" --master_port="$PORT" \
+  "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "${@:3}"
