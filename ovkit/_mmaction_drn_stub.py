@@ -3,10 +3,11 @@
 Served by ovkit.compat so that ``import mmaction.models`` works. Building DRN itself fails
 with a message that says how to get the real module.
 """
-from mmengine.model import BaseModel
+from mmaction.registry import MODELS
+from torch import nn
 
 
-class DRN(BaseModel):
+class DRN(nn.Module):
     """Placeholder: the mmaction2 1.2.0 wheel does not ship DRN's source."""
 
     def __init__(self, *args, **kwargs):
@@ -14,3 +15,9 @@ class DRN(BaseModel):
             'mmaction.models.localizers.drn is missing from the mmaction2 1.2.0 wheel, so ovkit '
             'serves a stand-in. To use DRN install mmaction2 from its git repository '
             '(pip install "git+https://github.com/open-mmlab/mmaction2.git@v1.2.0").')
+
+
+# Registered under the real name, so a config that asks for DRN gets the message above. This
+# file serves both `...localizers.drn` and `...drn.drn`, hence the guard.
+if 'DRN' not in MODELS.module_dict:
+    MODELS.register_module(module=DRN)

@@ -147,8 +147,9 @@ def test_mmaction_tsm_builds_and_runs():
                                std=[58.395, 57.12, 57.375], format_shape='NCHW')))
     model.eval()
     with torch.no_grad():
-        scores = model(torch.randn(2, 4, 3, 64, 64), mode='tensor')
-    assert scores.shape == (2, 5)
+        feats = model(torch.randn(2, 4, 3, 64, 64), mode='tensor')  # 2 clips x 4 segments
+        scores = model.cls_head(feats, num_segs=4)
+    assert feats.shape == (8, 512, 2, 2) and scores.shape == (2, 5)
     # The DRN stand-in fails with a message naming the fix.
     with pytest.raises(ImportError, match='mmaction2'):
         MODELS.build(dict(type='DRN'))

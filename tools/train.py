@@ -92,6 +92,10 @@ def main(argv=None):
         runner = Runner.from_cfg(cfg)
     else:
         runner = RUNNERS.build(cfg)
+    if runner.distributed:
+        import torch.distributed as dist
+        runner.logger.info(f'distributed run: world size {runner.world_size}, '
+                           f'backend {dist.get_backend()}')
     runner.train()
 
 

@@ -1,0 +1,46 @@
+"""The one-command install: pins, idempotence, the stack it promises."""
+import importlib.metadata as md
+import os.path as osp
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_second_make_install_does_nothing():
+    # make test depends on install, so the stamp is fresh here: a second install is a no-op.
+    venv = osp.dirname(osp.dirname(sys.executable))
+    proc = subprocess.run(['make', '-C', REPO, 'install', f'VENV={venv}'], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert 'install.sh' not in proc.stdout, proc.stdout
+
+
+def test_stack_versions_match_requirements():
+    pins = {}
+    for name in ('mminstall.txt', 'torch.txt'):
+        with open(osp.join(REPO, 'requirements', name)) as f:
+            for line in f:
+                line = line.split('#')[0].strip()
+                if '==' in line:
+                    pkg, ver = line.split('==')
+                    pins[pkg] = ver
+    assert pins['mmcv'] == '2.1.0' and pins['mmdet'] == '3.3.0'
+    for pkg, ver in pins.items():
+        if pkg in ('torch', 'torchvision'):
+            continue  # a compatible torch that was already present is respected
+        assert md.version(pkg) == ver, pkg
+
+
+def test_torch_pair_and_mmcv_ops_work():
+    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'install', 'check_torch.py')])
+    assert proc.returncode == 0
+    import torch
+    from mmcv.ops import nms, roi_align
+    boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])
+    dets, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
+    assert keep.tolist() == [0, 2]
+    feat = torch.arange(16.).view(1, 1, 4, 4)
+    out = roi_align(feat, torch.tensor([[0., 0., 0., 4., 4.]]), (1, 1), 1.0, 2, 'avg', True)
+    # The mean of the whole 4x4 map, sampled at 2x2 bilinear points: computed by hand.
+    assert abs(out.item() - feat.mean().item()) < 1e-5
