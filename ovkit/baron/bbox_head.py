@@ -1,0 +1,382 @@
+"""BARON's box head: regions are classified by reading them as CLIP "pseudo words".
+
+The classification branch does not predict class scores directly. It projects each region
+feature to ``num_words`` pseudo words in CLIP's word-embedding space, CLIP's frozen text encoder
+turns them into a region embedding, and the logits are ``temperature x cosine`` with fixed class
+embeddings (from class names and prompts, see ``tools/data/gen_class_embeddings.py``) plus a
+background embedding as the last class. New vocabularies therefore need only new class embeddings.
+
+The CLIP model is *not* a submodule: the detector owns it (frozen, outside the optimizer and the
+checkpoint) and hands it over with :meth:`BaronBBoxHead.set_clip` before the first forward, so
+mmdet's ``StandardRoIHead`` can call ``bbox_head(x)`` unchanged. Everything else (targets, losses,
+box decoding, NMS) is mmdet's ``BBoxHead`` machinery; only what BARON changes is overridden.
+"""
+import logging
+import os.path as osp
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmdet.models.layers import multiclass_nms
+from mmdet.models.roi_heads.bbox_heads import BBoxHead, ConvFCBBoxHead
+from mmdet.registry import MODELS
+from mmdet.structures.bbox import get_box_tensor, scale_boxes
+from mmengine.logging import print_log
+from mmengine.structures import InstanceData
+from torch import Tensor, nn
+
+__all__ = ['BaronBBoxHead', 'BaronConvFCBBoxHead', 'BaronShared2FCBBoxHead',
+           'BaronShared4Conv1FCBBoxHead']
+
+# Logit for classes excluded from the training softmax (class weight 0): exp() underflows to 0
+# in fp32, so they get no probability mass and no gradient, yet stays finite (no 0 * inf = nan).
+_EXCLUDED_LOGIT = -1e4
+
+
+def load_cls_embeddings(path: str, num_classes: int) -> Tensor:
+    """Class embeddings [num_classes, D] from ``cls_embeddings_path``, rows L2-normalised."""
+    hint = ('Generate it with `python tools/data/gen_class_embeddings.py --classes '
+            '<class names file> --out <path> [--layer 12 for use_attn12_output]` using the same '
+            'class list (and order) as the dataset.')
+    if not path or not osp.isfile(str(path)):
+        raise FileNotFoundError(f"cls_embeddings_path='{path}' not found. {hint}")
+    try:
+        array = np.load(path)
+    except Exception as err:  # a corrupt or non-npy file
+        raise ValueError(f"cls_embeddings_path='{path}' is not a readable .npy file ({err}). "
+                         f'{hint}') from err
+    if array.ndim != 2:
+        raise ValueError(f"cls_embeddings_path='{path}' must hold a [num_classes, D] array, got "
+                         f'shape {array.shape}. {hint}')
+    if array.shape[0] != num_classes:
+        raise ValueError(f"cls_embeddings_path='{path}' has {array.shape[0]} rows but "
+                         f'num_classes={num_classes}; one row per class is required. {hint}')
+    return F.normalize(torch.from_numpy(np.asarray(array, dtype=np.float32)), dim=-1)
+
+
+@MODELS.register_module()
+class BaronBBoxHead(BBoxHead):
+    """mmdet ``BBoxHead`` whose classifier is CLIP's text encoder on region pseudo words.
+
+    Args (BARON-specific; the rest are ``BBoxHead``'s):
+        num_words, word_dim: pseudo words per region and their width (= CLIP ``text_width``).
+        cls_embeddings_path: ``.npy`` [num_classes, D]; D must match the text output used.
+        bg_embedding: ``'zero'`` (fixed zero vector) or ``'learn'`` (Linear(1, D) on a constant
+            1, L2-normalised); appended as the last class.
+        cls_temp / test_cls_temp: logit temperature in training / evaluation (None: cls_temp).
+        cls_bias: initial value of a learnable scalar logit bias; only with a sigmoid loss,
+            because a shared shift does nothing to a softmax. Added in training only, like the
+            reference implementation, so its published score thresholds apply.
+        words_drop_ratio: probability of dropping each pseudo word in training (>= 1 word kept).
+        use_attn12_output / text_layer: read the text encoder's output after ``text_layer``
+            blocks (no final LayerNorm/projection) instead of the projected output;
+            ``use_attn12_output=True`` means ``text_layer=12`` (ViT-B/32's last block).
+        class_weight: per-class loss weights (num_classes, or num_classes + 1 with background).
+        novel_class_ids: class indices whose weight is 0. Weight-0 classes are removed from the
+            training softmax (no probability mass, no gradient) and their samples are ignored;
+            at test time every class is scored.
+    """
+
+    def __init__(self,
+                 num_words: int = 6,
+                 word_dim: int = 512,
+                 cls_embeddings_path: str = '',
+                 bg_embedding: str = 'zero',
+                 cls_temp: float = 50.0,
+                 test_cls_temp: Optional[float] = None,
+                 cls_bias: Optional[float] = None,
+                 words_drop_ratio: float = 0.5,
+                 use_attn12_output: bool = False,
+                 text_layer: Optional[int] = None,
+                 class_weight: Optional[Sequence[float]] = None,
+                 novel_class_ids: Optional[Sequence[int]] = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not self.with_cls:
+            raise ValueError(f'{type(self).__name__} classifies through CLIP: with_cls must be '
+                             'True.')
+        if self.custom_cls_channels:
+            raise ValueError(f'{type(self).__name__}: loss_cls={type(self.loss_cls).__name__} '
+                             'changes the classifier channels, which the CLIP classifier cannot '
+                             'do; use CrossEntropyLoss or FocalLoss-style losses.')
+        if not 0 <= words_drop_ratio < 1:
+            raise ValueError(f'words_drop_ratio={words_drop_ratio} must be in [0, 1).')
+        if use_attn12_output:
+            if text_layer not in (None, 12):
+                raise ValueError(f'use_attn12_output=True means text_layer=12, but '
+                                 f'text_layer={text_layer}; set only one of them.')
+            text_layer = 12
+        self.num_words = num_words
+        self.word_dim = word_dim
+        self.words_drop_ratio = words_drop_ratio
+        self.text_layer = text_layer
+        self.use_attn12_output = text_layer == 12
+        self.cls_temp = cls_temp
+        self.test_cls_temp = cls_temp if test_cls_temp is None else test_cls_temp
+        self.cls_embeddings_path = cls_embeddings_path
+
+        # The cls predictor becomes the region -> pseudo-word projection.
+        in_features = self.fc_cls.in_features
+        cfg = self.cls_predictor_cfg.copy()
+        cfg.update(in_features=in_features, out_features=num_words * word_dim)
+        self.fc_cls = MODELS.build(cfg)
+
+        if cls_bias is None:
+            self.cls_bias = None
+        else:
+            if not getattr(self.loss_cls, 'use_sigmoid', False):
+                raise ValueError(
+                    f'cls_bias={cls_bias} needs a sigmoid classification loss (loss_cls with '
+                    'use_sigmoid=True): softmax is unchanged by a bias shared by all classes. '
+                    'Set cls_bias=None or use_sigmoid=True.')
+            self.cls_bias = nn.Parameter(torch.full((1, ), float(cls_bias)))
+
+        # Fixed by the config file, not learned: kept out of the state dict so one checkpoint
+        # can be evaluated with another vocabulary (see set_class_embeddings).
+        embeddings = load_cls_embeddings(cls_embeddings_path, self.num_classes)
+        self.register_buffer('cls_embeddings', embeddings, persistent=False)
+        self._warn_if_space_mismatch(cls_embeddings_path)
+        dim = embeddings.shape[1]
+        if bg_embedding == 'zero':
+            self.register_buffer('bg_embedding', torch.zeros(1, dim), persistent=False)
+        elif bg_embedding == 'learn':
+            self.bg_embedding = nn.Linear(1, dim)
+            if isinstance(self.init_cfg, list):
+                self.init_cfg.append(dict(type='Xavier', distribution='uniform',
+                                          override=dict(name='bg_embedding')))
+        else:
+            raise ValueError(f"bg_embedding='{bg_embedding}' is not supported; use 'zero' or "
+                             "'learn'.")
+        self.bg_embedding_type = bg_embedding
+
+        weight = self._class_weight(class_weight, novel_class_ids)
+        self.register_buffer('class_weight', weight, persistent=False)
+        self._clip = None
+
+    # ------------------------------------------------------------------ configuration helpers
+    def _warn_if_space_mismatch(self, path: str):
+        # Layer-k ("attn12") and projected outputs are different spaces with equal widths for
+        # ViT-B/32, so a swapped file cannot be caught by shape; the file name usually tells.
+        name = osp.basename(str(path))
+        if ('attn' in name) != (self.text_layer is not None):
+            print_log(
+                f"cls_embeddings_path='{path}' looks like "
+                f"{'a layer-k (attn) file' if 'attn' in name else 'a projected-output file'} "
+                f'but the head reads text_layer={self.text_layer}; class and region embeddings '
+                'must come from the same text path.', logger='current', level=logging.WARNING)
+
+    def _class_weight(self, class_weight, novel_class_ids) -> Optional[Tensor]:
+        if class_weight is None and not novel_class_ids:
+            return None
+        num = self.num_classes
+        if class_weight is None:
+            weight = torch.ones(num + 1)
+        else:
+            weight = torch.as_tensor(list(class_weight), dtype=torch.float32)
+            if weight.numel() == num:
+                weight = torch.cat([weight, weight.new_ones(1)])
+            if weight.dim() != 1 or weight.numel() != num + 1:
+                raise ValueError(
+                    f'class_weight has {weight.numel()} entries; expected num_classes={num} '
+                    f'(or {num + 1} with the background last).')
+            if (weight < 0).any():
+                raise ValueError('class_weight entries must be >= 0.')
+        for idx in novel_class_ids or ():
+            if not 0 <= int(idx) < num:
+                raise ValueError(f'novel_class_ids has {idx}, outside [0, {num - 1}] '
+                                 f'(num_classes={num}).')
+            weight[int(idx)] = 0.0
+        return weight
+
+    # ------------------------------------------------------------------ CLIP hand-over
+    def set_clip(self, clip) -> None:
+        """Give the head the detector's frozen ``ovkit.clip.CLIPModel`` (not registered as a
+        submodule, so it stays out of this head's parameters, state dict and ``.to()``)."""
+        if clip.text_width != self.word_dim:
+            raise ValueError(f'word_dim={self.word_dim} must equal the CLIP text width '
+                             f'{clip.text_width} (model {clip.model_name}).')
+        if self.text_layer is not None and self.text_layer > clip.num_text_layers:
+            raise ValueError(f'text_layer={self.text_layer} (use_attn12_output) exceeds the '
+                             f'{clip.num_text_layers} text blocks of CLIP {clip.model_name}.')
+        out_dim = clip.embed_dim if self.text_layer is None else clip.text_width
+        if out_dim != self.cls_embeddings.shape[1]:
+            raise ValueError(
+                f"cls_embeddings_path='{self.cls_embeddings_path}' has D="
+                f'{self.cls_embeddings.shape[1]} but CLIP {clip.model_name} gives '
+                f'{out_dim}-d region embeddings for text_layer={self.text_layer}.')
+        self.__dict__['_clip'] = clip
+
+    @property
+    def clip(self):
+        if self._clip is None:
+            raise RuntimeError(f'{type(self).__name__} has no CLIP model: the detector must call '
+                               'bbox_head.set_clip(clip) (clip = ovkit.clip.build_clip(clip_cfg)) '
+                               'before the first forward.')
+        return self._clip
+
+    def set_class_embeddings(self, embeddings: Tensor) -> None:
+        """Swap the vocabulary, e.g. for open-vocabulary testing with new class names
+        (``ovkit.clip.build_class_embeddings``). Changing the class count needs class-agnostic
+        regression; ``class_weight`` (a training option) is dropped if its size no longer fits."""
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.cls_embeddings.shape[1]:
+            raise ValueError(f'class embeddings must be [num_classes, '
+                             f'{self.cls_embeddings.shape[1]}], got {tuple(embeddings.shape)}.')
+        num = embeddings.shape[0]
+        if num != self.num_classes and self.with_reg and not self.reg_class_agnostic:
+            raise ValueError(f'changing num_classes {self.num_classes} -> {num} needs '
+                             'reg_class_agnostic=True (the box regressor has per-class outputs).')
+        self.cls_embeddings = F.normalize(embeddings.detach().float(), dim=-1).to(
+            self.cls_embeddings.device)
+        if self.class_weight is not None and self.class_weight.numel() != num + 1:
+            self.class_weight = None
+        self.num_classes = num
+
+    # ------------------------------------------------------------------ pieces reused by bags
+    def region_words(self, x_cls: Tensor) -> Tensor:
+        """Pseudo words [N, num_words, word_dim] from classification-branch features."""
+        return self.fc_cls(x_cls).view(-1, self.num_words, self.word_dim)
+
+    def rois_to_words(self, x: Tensor) -> Tensor:
+        """Pseudo words from RoI features, through the shared and cls layers of this head."""
+        return self._forward_branches(x)[0].view(-1, self.num_words, self.word_dim)
+
+    def encode_words(self, words: Tensor, valid_mask: Optional[Tensor] = None) -> Tensor:
+        """L2-normalised region embeddings [N, D] of pseudo words, in the class-embedding space."""
+        return self.clip.encode_pseudo_text(words, valid_mask, layer=self.text_layer,
+                                            normalize=True)
+
+    def words_valid_mask(self, words: Tensor) -> Optional[Tensor]:
+        """Word dropout as a keep-mask [N, num_words] (training only; None = keep all).
+
+        Each word is dropped with ``words_drop_ratio``; a row that lost every word keeps one at
+        random, so every region still says something.
+        """
+        if not self.training or self.words_drop_ratio <= 0 or words.shape[0] == 0:
+            return None
+        num, num_words = words.shape[:2]
+        keep = torch.rand(num, num_words, device=words.device) >= self.words_drop_ratio
+        empty = (~keep.any(dim=1)).nonzero(as_tuple=True)[0]
+        if empty.numel():
+            keep[empty, torch.randint(num_words, (empty.numel(), ), device=words.device)] = True
+        return keep
+
+    def class_embeddings_with_bg(self) -> Tensor:
+        """[num_classes + 1, D]: class embeddings then the background embedding."""
+        if self.bg_embedding_type == 'learn':
+            one = self.cls_embeddings.new_ones(1, 1)
+            bg = F.normalize(self.bg_embedding(one), dim=-1)
+        else:
+            bg = self.bg_embedding
+        return torch.cat([self.cls_embeddings, bg.to(self.cls_embeddings.dtype)])
+
+    def cls_logits(self, region_embeddings: Tensor) -> Tensor:
+        """temperature x cosine(region, class) [N, num_classes + 1], computed in fp32 (a bf16
+        logit of magnitude ~50 would be rounded to steps of 0.25)."""
+        with torch.autocast(device_type=region_embeddings.device.type, enabled=False):
+            region = F.normalize(region_embeddings.float(), dim=-1)
+            temp = self.cls_temp if self.training else self.test_cls_temp
+            logits = temp * region @ self.class_embeddings_with_bg().float().t()
+            if self.training and self.cls_bias is not None:
+                logits = logits + self.cls_bias.float()
+        return logits
+
+    # ------------------------------------------------------------------ forward
+    def _forward_branches(self, x: Tensor):
+        """(flat pseudo words, bbox_pred) from the parent's layer layout."""
+        if not self.with_avg_pool and x.dim() > 2:
+            x = x.flatten(1)
+        return BBoxHead.forward(self, x)
+
+    def forward(self, x: Tensor) -> tuple:
+        """RoI features -> (cls_score [N, num_classes + 1], bbox_pred), as mmdet's heads."""
+        words_flat, bbox_pred = self._forward_branches(x)
+        words = words_flat.view(-1, self.num_words, self.word_dim)
+        region = self.encode_words(words, self.words_valid_mask(words))
+        return self.cls_logits(region), bbox_pred
+
+    # ------------------------------------------------------------------ loss / predict
+    def loss(self, cls_score: Tensor, bbox_pred: Tensor, rois: Tensor, labels: Tensor,
+             label_weights: Tensor, bbox_targets: Tensor, bbox_weights: Tensor,
+             reduction_override: Optional[str] = None) -> dict:
+        """mmdet's loss, after applying ``class_weight``/``novel_class_ids``."""
+        if self.class_weight is not None and cls_score is not None:
+            weight = self.class_weight.to(cls_score.device)
+            if cls_score.shape[-1] != weight.numel():
+                raise ValueError(f'class_weight has {weight.numel()} entries for '
+                                 f'{cls_score.shape[-1]} logits (num_classes + 1).')
+            cls_score = cls_score.masked_fill(weight == 0, _EXCLUDED_LOGIT)
+            label_weights = label_weights * weight[labels]
+        return super().loss(cls_score, bbox_pred, rois, labels, label_weights, bbox_targets,
+                            bbox_weights, reduction_override=reduction_override)
+
+    def _predict_by_feat_single(self, roi: Tensor, cls_score: Tensor, bbox_pred: Tensor,
+                                img_meta: dict, rescale: bool = False,
+                                rcnn_test_cfg=None) -> InstanceData:
+        """mmdet's post-processing; with a sigmoid loss the scores are sigmoids, not a softmax
+        (mmdet's BBoxHead always applies softmax to plain losses)."""
+        if not getattr(self.loss_cls, 'use_sigmoid', False) or roi.shape[0] == 0:
+            return super()._predict_by_feat_single(roi, cls_score, bbox_pred, img_meta,
+                                                   rescale=rescale, rcnn_test_cfg=rcnn_test_cfg)
+        scores = cls_score.sigmoid()
+        # From here on: mmdet 3.3.0 BBoxHead._predict_by_feat_single, unchanged.
+        results = InstanceData()
+        img_shape = img_meta['img_shape']
+        num_rois = roi.size(0)
+        if bbox_pred is not None:
+            num_classes = 1 if self.reg_class_agnostic else self.num_classes
+            roi = roi.repeat_interleave(num_classes, dim=0)
+            bbox_pred = bbox_pred.view(-1, self.bbox_coder.encode_size)
+            bboxes = self.bbox_coder.decode(roi[..., 1:], bbox_pred, max_shape=img_shape)
+        else:
+            bboxes = roi[:, 1:].clone()
+            if img_shape is not None and bboxes.size(-1) == 4:
+                bboxes[:, [0, 2]].clamp_(min=0, max=img_shape[1])
+                bboxes[:, [1, 3]].clamp_(min=0, max=img_shape[0])
+        if rescale and bboxes.size(0) > 0:
+            if img_meta.get('scale_factor') is None:
+                raise KeyError("rescale=True needs img_meta['scale_factor'].")
+            bboxes = scale_boxes(bboxes, [1 / s for s in img_meta['scale_factor']])
+        bboxes = get_box_tensor(bboxes)
+        box_dim = bboxes.size(-1)
+        bboxes = bboxes.view(num_rois, -1)
+        if rcnn_test_cfg is None:
+            results.bboxes = bboxes
+            results.scores = scores
+        else:
+            det_bboxes, det_labels = multiclass_nms(
+                bboxes, scores, rcnn_test_cfg.score_thr, rcnn_test_cfg.nms,
+                rcnn_test_cfg.max_per_img, box_dim=box_dim)
+            results.bboxes = det_bboxes[:, :-1]
+            results.scores = det_bboxes[:, -1]
+            results.labels = det_labels
+        return results
+
+
+@MODELS.register_module()
+class BaronConvFCBBoxHead(BaronBBoxHead, ConvFCBBoxHead):
+    """:class:`BaronBBoxHead` with mmdet's ConvFC layout: shared convs/fcs, then cls and reg
+    branches; the cls branch ends in the pseudo-word projection. Same args as both parents."""
+
+    def _forward_branches(self, x: Tensor):
+        return ConvFCBBoxHead.forward(self, x)
+
+
+@MODELS.register_module()
+class BaronShared2FCBBoxHead(BaronConvFCBBoxHead):
+    """Two shared fcs (Faster R-CNN's default box head layout)."""
+
+    def __init__(self, fc_out_channels: int = 1024, **kwargs) -> None:
+        super().__init__(num_shared_convs=0, num_shared_fcs=2, num_cls_convs=0, num_cls_fcs=0,
+                         num_reg_convs=0, num_reg_fcs=0, fc_out_channels=fc_out_channels,
+                         **kwargs)
+
+
+@MODELS.register_module()
+class BaronShared4Conv1FCBBoxHead(BaronConvFCBBoxHead):
+    """Four shared convs and one shared fc (BARON's OV-COCO/LVIS FPN configuration)."""
+
+    def __init__(self, fc_out_channels: int = 1024, **kwargs) -> None:
+        super().__init__(num_shared_convs=4, num_shared_fcs=1, num_cls_convs=0, num_cls_fcs=0,
+                         num_reg_convs=0, num_reg_fcs=0, fc_out_channels=fc_out_channels,
+                         **kwargs)

@@ -1,0 +1,151 @@
+"""The Baron detector as a whole: CLIP ownership, checkpoints, vocabulary, registry, errors."""
+import copy
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+import ovkit.baron  # noqa: F401
+from conftest import REPO
+from ovkit.shapes import SHAPE_CLASSES
+
+CONFIG = osp.join(REPO, 'configs', 'baron', 'shapes.py')
+
+
+@pytest.fixture(scope='module')
+def model_cfg(tmp_path_factory):
+    from ovkit.clip import build_class_embeddings, build_clip, load_prompt_templates
+    tmp = tmp_path_factory.mktemp('baron')
+    clip = build_clip(dict(model_name='tiny', seed=0))
+    emb = build_class_embeddings(clip, list(SHAPE_CLASSES),
+                                 load_prompt_templates('data/metadata/prompt_templates.txt')[:3])
+    path = tmp / 'emb.npy'
+    np.save(path, emb.numpy())
+    cfg = Config.fromfile(CONFIG)
+    cfg.model.roi_head.bbox_head.cls_embeddings_path = str(path)
+    return cfg.model
+
+
+def _build(model_cfg, **overrides):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    cfg = copy.deepcopy(model_cfg)
+    cfg.update(overrides)
+    return MODELS.build(cfg)
+
+
+def _inputs(model, n=2, size=128, seed=0):
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(n):
+        s = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
+                                        pad_shape=(size, size), scale_factor=(1., 1.),
+                                        img_id=i, batch_input_shape=(size, size)))
+        s.gt_instances = InstanceData(bboxes=torch.tensor([[10., 12., 60., 70.]]),
+                                      labels=torch.tensor([i % 6]))
+        samples.append(s)
+    images = torch.randn(n, 3, size, size, generator=g)
+    return images, samples
+
+
+def test_clip_outside_parameters_optimizer_and_checkpoint(model_cfg):
+    from mmengine.optim import build_optim_wrapper
+    model = _build(model_cfg)
+    clip_params = {id(p) for p in model.clip.parameters()}
+    assert clip_params and not clip_params & {id(p) for p in model.parameters()}
+    assert not any(k.startswith('clip.') for k in model.state_dict())
+    optim = build_optim_wrapper(model, dict(optimizer=dict(type='SGD', lr=0.01)))
+    in_optim = {id(p) for g in optim.optimizer.param_groups for p in g['params']}
+    assert not clip_params & in_optim
+
+    images, samples = _inputs(model)
+    model.train()
+    losses = model.loss(images, samples)
+    assert {'loss_cls', 'loss_bbox', 'loss_bag', 'loss_single'} <= set(losses)
+    total = sum(v for k, v in losses.items() if 'loss' in k and torch.is_tensor(v))
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is None for p in model.clip.parameters())
+    head = model.roi_head.bbox_head
+    assert head.fc_cls.weight.grad is not None and head.fc_cls.weight.grad.abs().sum() > 0
+    # The bag loss trains BaronKD's box-position embedding too.
+    kd_grads = [p.grad for p in model.roi_head.kd.parameters()]
+    assert kd_grads and all(g is not None for g in kd_grads)
+    # CLIP stays in eval mode when the detector trains.
+    assert not model.clip.training
+
+
+def test_checkpoint_does_not_grow_by_clip_unless_asked(model_cfg, tmp_path):
+    model = _build(model_cfg)
+    torch.save(model.state_dict(), tmp_path / 'a.pth')
+    with_clip = _build(model_cfg, save_clip=True)
+    sd = with_clip.state_dict()
+    clip_keys = [k for k in sd if k.startswith('clip.')]
+    assert len(clip_keys) == len(with_clip.clip.state_dict())
+    torch.save(sd, tmp_path / 'b.pth')
+    clip_bytes = sum(v.numel() * v.element_size() for v in with_clip.clip.state_dict().values())
+    size_a, size_b = osp.getsize(tmp_path / 'a.pth'), osp.getsize(tmp_path / 'b.pth')
+    assert size_b - size_a > 0.9 * clip_bytes
+    # Loading a checkpoint with CLIP restores it into the frozen model.
+    other = _build(model_cfg, save_clip=True, clip_cfg=dict(model_name='tiny', seed=1))
+    assert not torch.equal(other.clip.state_dict()['model.text_projection'],
+                           sd['clip.model.text_projection'])
+    other.load_state_dict(torch.load(tmp_path / 'b.pth'))
+    for k, v in with_clip.clip.state_dict().items():
+        torch.testing.assert_close(other.clip.state_dict()[k], v)
+
+
+def test_clip_follows_device_and_dtype(model_cfg):
+    model = _build(model_cfg)
+    model.to(torch.float64)
+    assert next(model.clip.parameters()).dtype == torch.float64
+
+
+def test_open_vocabulary_classes_at_build_time(model_cfg):
+    cfg = copy.deepcopy(model_cfg)
+    names = ['circle', 'square', 'zebra']
+    model = _build(cfg, vocabulary=names)
+    head = model.roi_head.bbox_head
+    assert head.num_classes == 3 and head.cls_embeddings.shape[0] == 3
+    from ovkit.clip import build_class_embeddings, load_prompt_templates
+    expected = build_class_embeddings(model.clip, names, load_prompt_templates(
+        'data/metadata/prompt_templates.txt'), layer=head.text_layer)
+    torch.testing.assert_close(head.cls_embeddings, torch.nn.functional.normalize(expected, dim=-1))
+    model.eval()
+    images, samples = _inputs(model, n=1)
+    with torch.no_grad():
+        results = model.predict(images, samples)
+    logits = head.cls_logits(torch.randn(5, head.cls_embeddings.shape[1]))
+    assert logits.shape == (5, 4)  # 3 vocabulary classes + background
+    assert set(results[0].pred_instances.labels.tolist()) <= {0, 1, 2}
+
+
+def test_missing_clip_checkpoint_names_key(model_cfg):
+    with pytest.raises(FileNotFoundError, match=r'model\.clip_cfg\.checkpoint.*nowhere/ViT-B-32\.pt'):
+        _build(model_cfg, clip_cfg=dict(model_name='ViT-B-32', checkpoint='nowhere/ViT-B-32.pt'))
+
+
+def test_missing_backbone_weights_named_at_init(model_cfg):
+    cfg = copy.deepcopy(model_cfg)
+    cfg.backbone.init_cfg = dict(type='Pretrained', checkpoint='nowhere/r50.pth')
+    model = _build(cfg)
+    with pytest.raises(FileNotFoundError, match=r'model\.backbone\.init_cfg\.checkpoint'):
+        model.init_weights()
+
+
+def test_every_ovkit_type_resolves_by_name_under_mmdet_scope():
+    from mmdet.registry import METRICS, MODELS
+    from mmengine.registry import DefaultScope
+    found = 0
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        for registry in (MODELS, METRICS):
+            for name, cls in registry.module_dict.items():
+                if cls.__module__.startswith('ovkit'):
+                    assert registry.get(name) is cls
+                    found += 1
+    assert found >= 8
