@@ -69,9 +69,24 @@ def test_resume(trained, shapes_workspace):
     assert (work / 'iter_45.pth').exists()
 
 
-def test_full_coco_config_builds_without_data(tmp_path, monkeypatch):
-    """Model and pipelines of configs/baron/coco.py, given CLIP-shaped weights and embeddings."""
+@pytest.fixture(scope='module')
+def random_vit_b32(tmp_path_factory):
+    """CLIP ViT-B/32-shaped weights (random; real ones are never downloaded in tests)."""
     import open_clip
+    path = tmp_path_factory.mktemp('clip') / 'ViT-B-32.pt'
+    torch.manual_seed(0)
+    sd = open_clip.create_model('ViT-B-32', pretrained=None).state_dict()
+    torch.save({k: v.half() for k, v in sd.items()}, path)
+    return str(path)
+
+
+def _random_embeddings(path, rows):
+    emb = np.random.default_rng(0).normal(size=(rows, 512)).astype(np.float32)
+    np.save(path, emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    return str(path)
+
+
+def _build_full_config(name, tmp_path, monkeypatch, random_vit_b32, rows):
     from mmcv.transforms import Compose
     from mmengine.config import Config
     from mmdet.registry import MODELS
@@ -79,31 +94,41 @@ def test_full_coco_config_builds_without_data(tmp_path, monkeypatch):
     import ovkit.baron  # noqa: F401
     register_all_modules(init_default_scope=True)
     monkeypatch.chdir(REPO)
-    cfg = Config.fromfile(osp.join(REPO, 'configs', 'baron', 'coco.py'))
-
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'baron', name))
     # Each missing file stops the build with the key, the path and how to make or get it.
     with pytest.raises(FileNotFoundError, match=r'cls_embeddings_path=.*gen_class_embeddings'):
         MODELS.build(cfg.model)
-    emb = np.random.default_rng(0).normal(size=(65, 512)).astype(np.float32)
-    emb_path = tmp_path / 'coco_ov_65_clip_attn12.npy'
-    np.save(emb_path, emb / np.linalg.norm(emb, axis=1, keepdims=True))
-    cfg.model.roi_head.bbox_head.cls_embeddings_path = str(emb_path)
+    cfg.model.roi_head.bbox_head.cls_embeddings_path = _random_embeddings(
+        tmp_path / 'emb.npy', rows)
     with pytest.raises(FileNotFoundError, match=r'model\.clip_cfg\.checkpoint'):
         MODELS.build(cfg.model)
-
-    clip_path = tmp_path / 'ViT-B-32.pt'
-    torch.manual_seed(0)
-    sd = open_clip.create_model('ViT-B-32', pretrained=None).state_dict()
-    torch.save({k: v.half() for k, v in sd.items()}, clip_path)
-    cfg.model.clip_cfg.checkpoint = str(clip_path)
+    cfg.model.clip_cfg.checkpoint = random_vit_b32
     model = MODELS.build(cfg.model)
+    pipelines = [Compose(cfg.train_dataloader.dataset.get('dataset', cfg.train_dataloader.dataset)
+                         .pipeline), Compose(cfg.test_dataloader.dataset.pipeline)]
+    return cfg, model, pipelines
+
+
+def test_full_coco_config_builds_without_data(tmp_path, monkeypatch, random_vit_b32):
+    cfg, model, (train, test) = _build_full_config('coco.py', tmp_path, monkeypatch,
+                                                   random_vit_b32, 65)
     head = model.roi_head.bbox_head
     assert type(head).__name__ == 'BaronShared4Conv1FCBBoxHead'
     assert head.num_classes == 65 and head.text_layer == 12 and head.num_words == 6
     assert int((head.class_weight[:65] == 0).sum()) == 17
     assert model.clip.text_width == 512 and model.roi_head.kd is not None
     assert any(type(m).__name__ == 'SyncBatchNorm' for m in model.backbone.modules())
-    train = Compose(cfg.train_dataloader.dataset.pipeline)
-    test = Compose(cfg.test_dataloader.dataset.pipeline)
     assert len(train.transforms) == 5 and len(test.transforms) == 4
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.train_cfg.max_iters == 90000
+    assert cfg.test_evaluator.type == 'OVCocoAP50Metric'
+
+
+def test_full_lvis_config_builds_without_data(tmp_path, monkeypatch, random_vit_b32):
+    cfg, model, (train, test) = _build_full_config('lvis.py', tmp_path, monkeypatch,
+                                                   random_vit_b32, 1203)
+    head = model.roi_head.bbox_head
+    assert head.num_classes == 1203 and head.text_layer is None and head.num_words == 4
+    assert model.roi_head.with_mask and model.roi_head.mask_head.class_agnostic
+    assert cfg.train_dataloader.dataset.type == 'ClassBalancedDataset'
+    assert cfg.test_evaluator.type == 'LVISMetric'
+    assert len(train.transforms) == 5 and len(test.transforms) == 4
