@@ -17,8 +17,11 @@ run() {  # run CONFIG NAME
   local ckpt
   ckpt=$(cat "$work/last_checkpoint")
   echo "== evaluating $ckpt"
-  "$PYTHON" tools/test.py "$config" "$ckpt" --work-dir "$work/test" 2>&1 | tee "$work/test.log" \
-    | grep -E "Epoch\(test\).*\]  " || true
+  "$PYTHON" tools/test.py "$config" "$ckpt" --work-dir "$work/test" > "$work/test.log" 2>&1 \
+    || { tail -30 "$work/test.log"; exit 1; }
+  echo "== metrics of $config (full log: $work/test.log)"
+  grep -E "(Epoch|Iter)\(test\)" "$work/test.log" | tail -1 | sed -E 's/.*\]\s+//; s/  (data_)?time: [0-9.]+//g' \
+    | tr -s ' ' '\n' | paste - - | awk '{printf "  %-22s %s\n", $1, $2}'
 }
 
 run configs/shapes/faster_rcnn_tiny.py faster_rcnn_tiny
