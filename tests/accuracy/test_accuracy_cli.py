@@ -1,0 +1,83 @@
+"""The compare_accuracy.py command line (in process; the script itself runs in test_accuracy_e2e):
+compare and its report files, options, bad input messages."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ovkit.accuracy.cli import main
+from ovkit.accuracy.manifest import save_arrays
+
+RNG = np.random.default_rng(3)
+
+
+@pytest.fixture()
+def dumps(tmp_path):
+    names = ['__input__', 'conv1', 'conv2', 'fc', '__output__']
+    a = {n: RNG.standard_normal((2, 64)).astype(np.float32) for n in names}
+    b = {n: (v + RNG.standard_normal(v.shape) * 1e-4).astype(np.float32) for n, v in a.items()}
+    b['__input__'] = a['__input__']
+    for n in ('conv2', 'fc', '__output__'):  # diverges from conv2 on
+        b[n] = RNG.standard_normal((2, 64)).astype(np.float32)
+    save_arrays(tmp_path / 'fp32', a, setting='fp32')
+    save_arrays(tmp_path / 'fp16', b, setting='fp16')
+    return tmp_path
+
+
+def test_compare_writes_report(dumps, capsys):
+    out = dumps / 'report'
+    rc = main(['compare', str(dumps / 'fp32'), str(dumps / 'fp16'), '--out', str(out),
+               '--no-progress', '--top-n', '5'])
+    assert rc == 0
+    files = sorted(os.listdir(out))
+    assert 'compare.csv' in files and 'advice.json' in files
+    assert 'scatter_cosine_similarity.png' in files
+    assert 'tensor_conv2_0_.top5_abs.csv' in files  # the problem node, chosen by default
+    assert 'tensor_conv2_0_.cdf_abs.png' in files
+    with open(out / 'compare.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['name'] for r in rows] == ['__input__', 'conv1', 'conv2', 'fc', '__output__']
+    advice = json.loads((out / 'advice.json').read_text())
+    assert advice['findings'][0]['rule'] == 'problem_node'
+    assert advice['findings'][0]['node']['tensor'] == 'conv2[0]'
+    with open(out / 'tensor_conv2_0_.top5_abs.csv') as f:
+        top = list(csv.DictReader(f))
+    a = np.load(dumps / 'fp32' / next(p for p in os.listdir(dumps / 'fp32') if 'conv2' in p))
+    b = np.load(dumps / 'fp16' / next(p for p in os.listdir(dumps / 'fp16') if 'conv2' in p))
+    err = np.abs(a.astype(np.float64) - b)
+    assert float(top[0]['abs_error']) == pytest.approx(err.max())
+    assert top[0]['index'] == 'x'.join(map(str, np.unravel_index(err.argmax(), err.shape)))
+    printed = capsys.readouterr().out
+    assert 'problem_node' in printed and 'conv2' in printed
+
+
+def test_compare_options(dumps):
+    out = dumps / 'r2'
+    rc = main(['compare', str(dumps / 'fp32'), str(dumps / 'fp16'), '--out', str(out),
+               '--no-progress', '--range', '0,2', '--metric', 'max_absolute_error',
+               '--threshold', '0.1', '--tensor', 'conv1', '--error-by', 'rel', '--no-plots',
+               '--strict'])
+    assert rc == 3  # --strict: conv2 (op 2) is off -> error finding
+    with open(out / 'compare.csv') as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert not any(p.endswith('.png') for p in os.listdir(out))
+    assert os.path.exists(out / 'tensor_conv1_0_.top20_rel.csv')
+
+
+@pytest.mark.parametrize('args,message', [
+    (['compare', '{d}/nope', '{d}/fp16'], 'does not exist'),
+    (['compare', '{d}/empty', '{d}/fp16'], 'is empty'),
+    (['compare', '{d}/fp32', '{d}/fp16', '--range', 'x'], '--range'),
+    (['compare', '{d}/fp32', '{d}/fp16', '--metric', 'accuracy'], 'unknown metric'),
+    (['compare', '{d}/fp32', '{d}/fp16', '--tensor', 'nothing'], 'matches no tensor'),
+    (['dump', '{d}/missing.py', '--input', 'x.png', '--out', '{d}/o'], 'config'),
+])
+def test_bad_input_messages(dumps, capsys, args, message):
+    (dumps / 'empty').mkdir()
+    args = [a.format(d=dumps) for a in args] + (['--out', str(dumps / 'r')]
+                                                 if args[0] == 'compare' else [])
+    assert main(args + ['--no-progress']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error:') and message in err

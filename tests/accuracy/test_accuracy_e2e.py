@@ -1,0 +1,155 @@
+"""End to end on the shipped tiny detector (configs/shapes/faster_rcnn_tiny.py), random init.
+
+The CLI ``run`` in a subprocess (fp32 vs bf16 and fp16: CSV, both PNGs, advice), a dump in
+this process compared with the subprocess' one (seeded weights and the dump order are
+reproducible across processes), and fp32 vs ONNX Runtime on the exported backbone + neck.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, 'configs', 'shapes', 'faster_rcnn_tiny.py')
+TOOL = os.path.join(ROOT, 'tools', 'analysis', 'compare_accuracy.py')
+
+
+@pytest.fixture(scope='module')
+def image(shapes_workspace):
+    """A validation image of the shapes data (tests/conftest.py generates it once)."""
+    val = shapes_workspace / 'data' / 'shapes' / 'coco' / 'val'
+    return str(val / sorted(os.listdir(val))[0])
+
+
+@pytest.fixture(scope='module', autouse=True)
+def run_proc(image, tmp_path_factory):
+    """Start the CLI run at once; the in-process tests below use the other core meanwhile."""
+    out = tmp_path_factory.mktemp('run')
+    log = open(out / 'stdout.txt', 'w')  # a file, not a pipe: a full pipe would block it
+    proc = subprocess.Popen(
+        [sys.executable, TOOL, 'run', CONFIG, '--input', image, '--settings', 'fp32,bf16,fp16',
+         '--out', str(out), '--no-progress'], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    yield proc, out
+    if proc.poll() is None:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope='module')
+def run_out(run_proc):
+    proc, out = run_proc
+    rc = proc.wait(timeout=600)
+    stdout = (out / 'stdout.txt').read_text()
+    assert rc == 0, stdout[-5000:]
+    return out, stdout
+
+
+@pytest.fixture(scope='module')
+def detector():
+    from ovkit.accuracy.openmmlab import build_model
+    return build_model(CONFIG, None)
+
+
+def test_onnx_runtime_on_exported_backbone_and_neck(detector, image, tmp_path):
+    from ovkit.accuracy.compare import compare_dumps
+    from ovkit.accuracy.openmmlab import dump_config, prepare_inputs
+    from ovkit.accuracy.report import write_report
+    model, cfg = detector
+    prepared = prepare_inputs(model, cfg, image)
+    ref = dump_config(cfg, None, image, str(tmp_path / 'fp32'), 'fp32', mode='feat',
+                      model=model, prepared=prepared)
+    ort = dump_config(cfg, None, image, str(tmp_path / 'onnx'), 'onnx', model=model,
+                      prepared=prepared)  # default mode with onnx: feat
+    assert ort.meta['mode'] == 'feat'
+    assert [e.key for e in ort.entries] == [e.key for e in ref.entries]
+    assert any(e.name.startswith('neck.fpn_convs') for e in ort.entries)
+    res = compare_dumps(ref.root, ort.root)
+    for r in res.rows:
+        assert r['reason'] == '', (r['name'], r['reason'])
+        assert r['cosine_similarity'] > 0.9999, r['name']
+    paths = write_report(res, str(tmp_path / 'report'), quiet=True)
+    assert paths['advice']['findings'][0]['rule'] == 'all_consistent'
+    assert os.path.exists(paths['scatter']) and os.path.exists(paths['tensor_cdf'])
+
+
+def test_onnx_predict_mode_is_refused(detector, image, tmp_path):
+    from ovkit.accuracy.manifest import AccuracyError
+    from ovkit.accuracy.openmmlab import dump_config
+    model, cfg = detector
+    with pytest.raises(AccuracyError, match='--mode tensor or --mode feat'):
+        dump_config(cfg, None, image, str(tmp_path / 'o'), 'onnx', mode='predict', model=model)
+
+
+def test_tensor_input_and_bad_inputs(detector, image, tmp_path):
+    """A saved preprocessed tensor works as --input; bad files give clear messages."""
+    import torch
+    from ovkit.accuracy.manifest import AccuracyError
+    from ovkit.accuracy.openmmlab import dump_config, prepare_inputs
+    model, cfg = detector
+    x, _, _ = prepare_inputs(model, cfg, image)
+    np.save(tmp_path / 'x.npy', x.numpy())
+    d = dump_config(cfg, None, str(tmp_path / 'x.npy'), str(tmp_path / 'd'), 'fp32',
+                    model=model)
+    assert d.meta['input']['kind'] == 'tensor'
+    assert [e.kind for e in d.entries].count('model_output') == 3
+    torch.save({'meta': 1}, tmp_path / 'bad.pt')
+    with pytest.raises(AccuracyError, match='expected one tensor'):
+        dump_config(cfg, None, str(tmp_path / 'bad.pt'), str(tmp_path / 'e'), model=model)
+    with pytest.raises(AccuracyError, match='not found'):
+        dump_config(cfg, None, str(tmp_path / 'none.png'), str(tmp_path / 'e'), model=model)
+    (tmp_path / 'broken.png').write_bytes(b'not an image')
+    with pytest.raises(AccuracyError, match='test pipeline .* failed on'):
+        dump_config(cfg, None, str(tmp_path / 'broken.png'), str(tmp_path / 'e'), model=model)
+
+
+@pytest.mark.parametrize('other', ['bf16', 'fp16'])
+def test_run_writes_csv_plots_and_advice(run_out, other):
+    out, stdout = run_out
+    report = out / 'report' / f'fp32_vs_{other}'
+    files = os.listdir(report)
+    assert 'compare.csv' in files and 'advice.json' in files
+    assert 'scatter_cosine_similarity.png' in files
+    assert any(f.endswith('.cdf_abs.png') for f in files)
+    assert any(f.endswith('_abs.csv') and f.startswith('tensor_') for f in files)
+    for f in files:
+        if f.endswith('.png'):
+            assert (report / f).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    with open(report / 'compare.csv') as f:
+        rows = list(csv.DictReader(f))
+    names = [r['name'] for r in rows]
+    assert names[0] == '__input__' and 'backbone.conv1' in names
+    assert any(n.startswith('roi_head.') for n in names)
+    assert names.count('__output__') == 3  # pred_instances bboxes, labels, scores
+    assert float(rows[0]['cosine_similarity']) == 1.0  # same preprocessed input
+    dtype_b = {r['name']: r['dtype_b'] for r in rows}
+    assert dtype_b['backbone.conv1'] == f'torch.{"bfloat16" if other == "bf16" else "float16"}'
+    backbone = [float(r['cosine_similarity']) for r in rows if r['name'].startswith('backbone')]
+    assert min(backbone) > 0.99  # low precision: close, not equal
+    assert max(float(r['max_absolute_error']) for r in rows
+               if r['name'].startswith('backbone')) > 0
+    advice = json.loads((report / 'advice.json').read_text())
+    assert advice['setting_a'] == 'fp32' and advice['setting_b'] == other
+    assert advice['findings'] and advice['findings'][0]['rule'] in (
+        'problem_node', 'single_point_deviation', 'all_consistent', 'fp16_overflow')
+    # mmcv's CPU NMS/RoIAlign have no low-precision kernels: they ran in fp32, and say so
+    assert any('nms' in w for w in advice['warnings'])
+    assert f'fp32 vs {other}' in stdout
+
+
+def test_dumps_reproducible_across_processes(run_out, detector, image, tmp_path):
+    """A dump made here matches the subprocess' fp32 dump bit for bit."""
+    from ovkit.accuracy.compare import compare_dumps
+    from ovkit.accuracy.openmmlab import dump_config
+    model, cfg = detector
+    mine = dump_config(cfg, None, image, str(tmp_path / 'fp32'), 'fp32', model=model)
+    res = compare_dumps(str(run_out[0] / 'dumps' / 'fp32'), mine.root)
+    assert len(res.rows) == len(mine.entries) > 80
+    for r in res.rows:
+        assert r['reason'] == '', (r['name'], r['reason'])
+        assert r['max_absolute_error'] == 0.0, r['name']

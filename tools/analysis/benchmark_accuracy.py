@@ -1,0 +1,171 @@
+"""Throughput of ovkit's dump comparison against a straightforward numpy implementation.
+
+    python tools/analysis/benchmark_accuracy.py [--gb 2] [--workers N] [--tmp DIR]
+
+Writes two dumps (A and B, ``--gb`` GB together, float32 tensors of CNN-like sizes, half of
+them ReLU-like with ~50% zeros) to a temporary directory, then compares them twice in this
+process:
+
+* baseline: for each pair, ``np.load`` both whole arrays, cast to float64 and compute the
+  same metrics with one numpy expression each, in this process; timed with numpy's default
+  BLAS threads and with one BLAS thread, the faster of the two is the reference;
+* ovkit: :func:`ovkit.accuracy.compare_dumps` (memory-mapped, streamed in cache-sized chunks),
+  in one worker and then in ``--workers`` (default: all cores) parallel worker processes.
+
+Prints GB/s of compared data (bytes of A + B per second) for each, the ratios, peak memory
+(growth of the peak resident set, VmHWM, over the level before: the baseline process, and
+each ovkit worker) and the largest disagreement between the two sets of metrics. The dumps
+are deleted afterwards. Timings vary with machine load: compare ratios within one run.
+"""
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ovkit.accuracy.compare import compare_dumps
+from ovkit.accuracy.manifest import DumpWriter, load_dump
+from ovkit.accuracy.metrics import _reset_peak_rss as reset_peak_rss
+from ovkit.accuracy.metrics import _status_kb as status_kb
+from ovkit.accuracy.metrics import single_thread_blas
+
+# (elements, count) of one "model": a mix of feature maps, from 64 Ki to 16 Mi elements
+LAYOUT = [(1 << 16, 8), (1 << 18, 8), (1 << 20, 8), (1 << 22, 6), (1 << 24, 2)]
+METRICS = ('cosine_similarity', 'relative_euclidean_distance', 'max_absolute_error',
+           'mean_absolute_error', 'root_mean_square_error', 'max_relative_error',
+           'mean_relative_error', 'accumulated_relative_error', 'kl_divergence', 'mean_a',
+           'std_a', 'mean_b', 'std_b')
+
+
+def make_dumps(root, gb, seed=0):
+    """Two dumps of ``gb`` GB together; returns (dir_a, dir_b, largest tensor bytes)."""
+    rng = np.random.default_rng(seed)
+    per_model = sum(n * c for n, c in LAYOUT) * 4 * 2
+    repeats = max(1, math.ceil(gb * 1e9 / per_model))
+    wa, wb = DumpWriter(os.path.join(root, 'a')), DumpWriter(os.path.join(root, 'b'))
+    i = 0
+    for _ in range(repeats):
+        for n, count in LAYOUT:
+            for _ in range(count):
+                a = rng.standard_normal(n, dtype=np.float32)
+                if i % 2:
+                    np.maximum(a, 0, out=a)  # ReLU output: zeros for the relative metrics
+                noise = rng.standard_normal(n, dtype=np.float32)
+                noise *= 1e-3
+                b = a + noise
+                wa.add(f'layer{i}', a)
+                wb.add(f'layer{i}', b)
+                i += 1
+                del a, b, noise
+    wa.close(setting=dict(name='fp32'))
+    wb.close(setting=dict(name='noisy'))
+    return wa.root, wb.root, max(n for n, _ in LAYOUT) * 4
+
+
+def baseline_pair(fa, fb):
+    """The obvious numpy code: whole arrays, float64, one expression per metric."""
+    a = np.load(fa).astype(np.float64).ravel()
+    b = np.load(fb).astype(np.float64).ravel()
+    finite = np.isfinite(a) & np.isfinite(b)
+    a, b = a[finite], b[finite]
+    d = a - b
+    nz = a != 0
+    rel = np.abs(d[nz]) / np.abs(a[nz])
+    pa = np.exp(a - a.max())
+    pa /= pa.sum()
+    pb = np.exp(b - b.max())
+    pb /= pb.sum()
+    keep = pa > 0
+    return dict(
+        cosine_similarity=float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))),
+        relative_euclidean_distance=float(np.linalg.norm(d) / np.linalg.norm(a)),
+        max_absolute_error=float(np.abs(d).max()), mean_absolute_error=float(np.abs(d).mean()),
+        root_mean_square_error=float(np.sqrt(np.mean(d ** 2))),
+        max_relative_error=float(rel.max()), mean_relative_error=float(rel.mean()),
+        accumulated_relative_error=float(rel.sum()),
+        kl_divergence=float(np.sum(pa[keep] * np.log(pa[keep] / pb[keep]))),
+        mean_a=float(a.mean()), std_a=float(a.std()), mean_b=float(b.mean()),
+        std_b=float(b.std()))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--gb', type=float, default=2.0, help='size of A + B in GB (2)')
+    parser.add_argument('--workers', type=int, default=None, help='default: all cores')
+    parser.add_argument('--chunk', type=int, default=None, help='elements per chunk')
+    parser.add_argument('--tmp', default=None, help='where to write the dumps (default: TMPDIR)')
+    parser.add_argument('--keep', action='store_true', help='keep the dumps')
+    args = parser.parse_args(argv)
+    root = tempfile.mkdtemp(prefix='ovkit_bench_', dir=args.tmp)
+    try:
+        t0 = time.perf_counter()
+        dir_a, dir_b, largest = make_dumps(root, args.gb)
+        entries_a, entries_b = load_dump(dir_a).entries, load_dump(dir_b).entries
+        files = [(os.path.join(dir_a, ea.file), os.path.join(dir_b, eb.file))
+                 for ea, eb in zip(entries_a, entries_b)]
+        total = sum(os.path.getsize(f) for pair in files for f in pair)
+        print(f'dumps: {total / 1e9:.2f} GB (A + B), {len(files)} pairs, largest tensor '
+              f'{largest / 1e6:.0f} MB, written in {time.perf_counter() - t0:.1f}s to {root}')
+        print(f'machine: {os.cpu_count()} cores, numpy {np.__version__}, python '
+              f'{sys.version.split()[0]}')
+
+        # the baseline twice: numpy's default BLAS threads, and one BLAS thread (faster when
+        # the cores are busy); the ratio is against the faster, to stay conservative
+        rss0 = status_kb('VmRSS') if reset_peak_rss() else None
+        t0 = time.perf_counter()
+        base = [baseline_pair(fa, fb) for fa, fb in files]
+        t_threads = time.perf_counter() - t0
+        base_peak = status_kb('VmHWM') - rss0 if rss0 is not None else math.nan
+        t0 = time.perf_counter()
+        with single_thread_blas():
+            for fa, fb in files:
+                baseline_pair(fa, fb)
+        t_single = time.perf_counter() - t0
+        t_base = min(t_threads, t_single)
+
+        kwargs = dict(trace_memory=True)
+        if args.chunk:
+            kwargs['chunk'] = args.chunk
+        runs = []
+        for workers in ([1, args.workers] if args.workers != 1 else [1]):
+            t0 = time.perf_counter()
+            res = compare_dumps(dir_a, dir_b, workers=workers, **kwargs)
+            runs.append((time.perf_counter() - t0, res))
+
+        worst = 0.0
+        for row, ref in zip(runs[-1][1].rows, base):
+            for m in METRICS:
+                scale = max(abs(ref[m]), 1e-12)
+                worst = max(worst, abs(row[m] - ref[m]) / scale)
+        gbs_base = total / t_base / 1e9
+        for label, t in (('default BLAS threads', t_threads), ('1 BLAS thread', t_single)):
+            tail = (f'peak RSS growth {base_peak / 1e3:.1f} MB' if label.startswith('default')
+                    else '')
+            print(f'{"baseline numpy, " + label + ":":42s}{t:7.2f}s {total / t / 1e9:6.3f} GB/s  '
+                  f'{"(reference)" if t == t_base else "":11s}  {tail}')
+        for t, res in runs:
+            st = res.stats
+            label = f'ovkit streaming, {st["workers"]} worker{"s" if st["workers"] > 1 else ""}:'
+            print(f'{label:42s}{t:7.2f}s {total / t / 1e9:6.3f} GB/s  '
+                  f'({total / t / 1e9 / gbs_base:.2f}x)  peak RSS growth per worker '
+                  f'{st["worker_rss_growth_kb"] / 1e3:.1f} MB')
+        ratios = ', '.join(f'{r.stats["workers"]} worker(s) {total / t / 1e9 / gbs_base:.2f}x'
+                           for t, r in runs)
+        print(f'speed-up over the baseline: {ratios}; load average {os.getloadavg()[0]:.1f} '
+              f'(other processes take cores from the workers)')
+        print(f'largest relative disagreement between the two implementations: {worst:.2e}')
+        return 0
+    finally:
+        if args.keep:
+            print(f'dumps kept in {root}')
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
