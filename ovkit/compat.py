@@ -157,7 +157,10 @@ def _patch_mmengine_dist_for_cpu():
     """mmengine's pytorch launcher calls ``torch.cuda.set_device(local_rank)``
     unconditionally and configs ask for nccl, so `dist_train.sh CONFIG 2` dies on a machine
     without a GPU. Without CUDA we skip set_device and use gloo. The DDP wrapper is then
-    given ``device_ids=[local_rank]``, which torch rejects for a CPU module: drop it there."""
+    given ``device_ids=[local_rank]``, which torch rejects for a CPU module: drop it there.
+    SyncBatchNorm has no CPU kernel, and mmengine reverts it to BatchNorm only in
+    non-distributed runs, so a SyncBN config (e.g. configs/baron/coco.py) launched on CPU
+    processes gets plain BatchNorm too (per-process statistics), with a warning."""
     import torch
     import torch.distributed as torch_dist
     from mmengine.dist import utils as dist_utils
@@ -184,6 +187,11 @@ def _patch_mmengine_dist_for_cpu():
         if on_cpu and kwargs.get('device_ids') is not None:
             kwargs['device_ids'] = None
             kwargs['output_device'] = None
+        if on_cpu and any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules()):
+            from mmengine.model import revert_sync_batchnorm
+            warnings.warn('ovkit: SyncBatchNorm needs a GPU; using BatchNorm in this CPU '
+                          'distributed run')
+            module = revert_sync_batchnorm(module)
         original_ddp_init(self, module, detect_anomalous_params=detect_anomalous_params, **kwargs)
 
     mm_ddp.MMDistributedDataParallel.__init__ = ddp_init

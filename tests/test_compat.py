@@ -197,6 +197,12 @@ def test_cpu_ddp_wrapper_accepts_local_rank_device_ids(tmp_path):
         wrapped = MMDistributedDataParallel(module=_ToyModel(), device_ids=[0])
         out = wrapped.module(torch.ones(2, 3), mode='tensor')[0]
         assert out.shape == (2, 1)
+        # SyncBN (as in configs/baron/coco.py) has no CPU kernel: it becomes BatchNorm.
+        sync = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4))
+        with pytest.warns(UserWarning, match='SyncBatchNorm needs a GPU'):
+            wrapped = MMDistributedDataParallel(module=sync, device_ids=[0])
+        assert not any(isinstance(m, nn.SyncBatchNorm) for m in wrapped.module.modules())
+        assert wrapped.module(torch.randn(2, 3, 5, 5)).shape == (2, 4, 5, 5)
     finally:
         dist.destroy_process_group()
 
