@@ -7,6 +7,7 @@
 # second install, or CI on the same machine, takes seconds instead of ~15 minutes.
 set -euo pipefail
 PY=${1:-.venv/bin/python}
+CONSTRAINTS=${2:-}  # pins the torch already present, so mmcv's dependencies cannot swap it
 PIP="$PY -m pip --disable-pip-version-check"
 
 if "$PY" -c "import mmcv, mmcv._ext; assert mmcv.__version__ == '2.1.0'" 2>/dev/null; then
@@ -41,5 +42,9 @@ PYEOF
   ( cd "$SRC" && MMCV_WITH_OPS=1 FORCE_CUDA=$CUDA_OPS MAX_JOBS=${MAX_JOBS:-$(nproc)} \
       $PIP wheel -q --no-deps --no-build-isolation -w "$CACHE" . )
 fi
-$PIP install -q --no-deps --force-reinstall "$CACHE"/mmcv-2.1.0-*.whl
+# First mmcv itself (replacing any mmcv without ops), then its dependencies (opencv, addict,
+# yapf, mmengine) under the constraints; --force-reinstall with dependencies would reinstall
+# torch as well.
+$PIP install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} --force-reinstall --no-deps "$CACHE"/mmcv-2.1.0-*.whl
+$PIP install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} "$CACHE"/mmcv-2.1.0-*.whl
 "$PY" -c "import mmcv, mmcv._ext; print('[ovkit] mmcv', mmcv.__version__, 'with ops')"

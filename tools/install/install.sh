@@ -39,10 +39,10 @@ CONSTRAINTS="$VENV/ovkit-constraints.txt"
 import importlib.metadata as md
 for name in ('torch', 'torchvision', 'setuptools'):
     print(f'{name}=={md.version(name)}')
-print('mmcv==2.1.0')
+print(open('requirements/mminstall.txt').read())  # the OpenMMLab pins, mmcv's included
 PYEOF
 
-bash tools/install/build_mmcv.sh "$PY"
+bash tools/install/build_mmcv.sh "$PY" "$CONSTRAINTS"
 
 echo "[ovkit] OpenMMLab packages and runtime requirements"
 $PIP install -q -c "$CONSTRAINTS" -r requirements/mminstall.txt -r requirements/runtime.txt \
