@@ -34,18 +34,26 @@ __all__ = ['BaronBBoxHead', 'BaronConvFCBBoxHead', 'BaronShared2FCBBoxHead',
 _EXCLUDED_LOGIT = -1e4
 
 
-def load_cls_embeddings(path: str, num_classes: int) -> Tensor:
-    """Class embeddings [num_classes, D] from ``cls_embeddings_path``, rows L2-normalised."""
+def load_cls_embeddings(path, num_classes: int) -> Tensor:
+    """Class embeddings [num_classes, D] from ``cls_embeddings_path``, rows L2-normalised.
+
+    ``path`` may also be the embeddings themselves (a tensor or array), as the Baron detector
+    passes them when it builds a vocabulary from class names.
+    """
     hint = ('Generate it with `python tools/data/gen_class_embeddings.py --classes '
             '<class names file> --out <path> [--layer 12 for use_attn12_output]` using the same '
             'class list (and order) as the dataset.')
-    if not path or not osp.isfile(str(path)):
+    if isinstance(path, (Tensor, np.ndarray)):
+        array = path.detach().cpu().float().numpy() if isinstance(path, Tensor) else path
+        path = '<embeddings given in memory>'
+    elif not path or not osp.isfile(str(path)):
         raise FileNotFoundError(f"cls_embeddings_path='{path}' not found. {hint}")
-    try:
-        array = np.load(path)
-    except Exception as err:  # a corrupt or non-npy file
-        raise ValueError(f"cls_embeddings_path='{path}' is not a readable .npy file ({err}). "
-                         f'{hint}') from err
+    else:
+        try:
+            array = np.load(path)
+        except Exception as err:  # a corrupt or non-npy file
+            raise ValueError(f"cls_embeddings_path='{path}' is not a readable .npy file ({err}). "
+                             f'{hint}') from err
     if array.ndim != 2:
         raise ValueError(f"cls_embeddings_path='{path}' must hold a [num_classes, D] array, got "
                          f'shape {array.shape}. {hint}')

@@ -26,30 +26,45 @@ class Baron(TwoStageDetector):
     """
 
     def __init__(self, *args, clip_cfg=None, save_clip=False, vocabulary=None,
-                 prompt_templates='data/metadata/prompt_templates.txt', **kwargs):
-        super().__init__(*args, **kwargs)
+                 prompt_templates='data/metadata/prompt_templates.txt', roi_head=None, **kwargs):
         if clip_cfg is None:
             raise ValueError("Baron needs clip_cfg=dict(model_name='ViT-B-32', "
                              "checkpoint='checkpoints/clip/ViT-B-32.pt') (see README).")
         clip = build_clip(clip_cfg, cfg_key='model.clip_cfg')
+        if vocabulary is not None:
+            roi_head = self._vocabulary_head_cfg(clip, roi_head, vocabulary, prompt_templates)
+        super().__init__(*args, roi_head=roi_head, **kwargs)
         self.__dict__['clip'] = clip
         self.save_clip = save_clip
-        if vocabulary is not None:
-            self._set_vocabulary(vocabulary, prompt_templates)
         self.roi_head.set_clip(clip)
         if save_clip:
             self._register_state_dict_hook(Baron._add_clip_state)
             self._register_load_state_dict_pre_hook(self._load_clip_state, with_module=False)
 
-    def _set_vocabulary(self, vocabulary, prompt_templates):
+    @staticmethod
+    def _vocabulary_head_cfg(clip, roi_head, vocabulary, prompt_templates):
+        """The RoI head config with class embeddings built from ``vocabulary`` in place of the
+        ``cls_embeddings_path`` file (which then need not exist)."""
         names = load_class_names(vocabulary) if isinstance(vocabulary, str) else list(vocabulary)
-        templates = load_prompt_templates(prompt_templates)
-        head = self.roi_head.bbox_head
+        bbox = dict(roi_head['bbox_head'])
+        layer = 12 if bbox.get('use_attn12_output') else bbox.get('text_layer')
+        if len(names) != bbox.get('num_classes') and not bbox.get('reg_class_agnostic'):
+            raise ValueError(
+                f'model.vocabulary has {len(names)} classes but the bbox head regresses per '
+                f"class for num_classes={bbox.get('num_classes')}; a new vocabulary needs "
+                'reg_class_agnostic=True (as configs/baron/*.py have).')
         with torch.no_grad():
-            emb = build_class_embeddings(self.clip, names, templates, layer=head.text_layer)
-        head.set_class_embeddings(emb)
+            emb = build_class_embeddings(clip, names, load_prompt_templates(prompt_templates),
+                                         layer=layer)
+        # Training-only options sized for the old class list do not apply to the new one.
+        bbox.update(cls_embeddings_path=emb, num_classes=len(names), novel_class_ids=None,
+                    class_weight=None)
+        head = dict(roi_head, bbox_head=bbox)
+        if 'mask_head' in head:
+            head['mask_head'] = dict(head['mask_head'], num_classes=len(names))
         print_log(f'Baron: classifying {len(names)} classes from the vocabulary '
                   f'({", ".join(names[:5])}{", ..." if len(names) > 5 else ""})', 'current')
+        return head
 
     def init_weights(self):
         # mmengine reports a missing Pretrained file deep inside its loader; name the key here.

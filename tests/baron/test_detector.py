@@ -109,6 +109,8 @@ def test_clip_follows_device_and_dtype(model_cfg):
 def test_open_vocabulary_classes_at_build_time(model_cfg):
     cfg = copy.deepcopy(model_cfg)
     names = ['circle', 'square', 'zebra']
+    # The training embeddings file is not needed when a vocabulary is given.
+    cfg.roi_head.bbox_head.cls_embeddings_path = 'nowhere/shapes.npy'
     model = _build(cfg, vocabulary=names)
     head = model.roi_head.bbox_head
     assert head.num_classes == 3 and head.cls_embeddings.shape[0] == 3
@@ -116,6 +118,10 @@ def test_open_vocabulary_classes_at_build_time(model_cfg):
     expected = build_class_embeddings(model.clip, names, load_prompt_templates(
         'data/metadata/prompt_templates.txt'), layer=head.text_layer)
     torch.testing.assert_close(head.cls_embeddings, torch.nn.functional.normalize(expected, dim=-1))
+    # A class-specific box regressor cannot take another class count.
+    cfg.roi_head.bbox_head.reg_class_agnostic = False
+    with pytest.raises(ValueError, match='reg_class_agnostic=True'):
+        _build(cfg, vocabulary=names)
     model.eval()
     images, samples = _inputs(model, n=1)
     with torch.no_grad():
