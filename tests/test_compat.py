@@ -136,7 +136,10 @@ def test_mmaction_tsm_builds_and_runs():
     import mmaction.models  # noqa: F401
     from mmaction.registry import MODELS
     from mmaction.utils import register_all_modules
-    register_all_modules()
+    from mmengine.registry import DefaultScope
+    register_all_modules(init_default_scope=False)  # leave the global scope to other tests
+    scope = DefaultScope.overwrite_default_scope('mmaction')
+    scope.__enter__()
     model = MODELS.build(dict(
         type='Recognizer2D',
         backbone=dict(type='ResNetTSM', depth=18, pretrained=None, num_segments=4,
@@ -151,8 +154,11 @@ def test_mmaction_tsm_builds_and_runs():
         scores = model.cls_head(feats, num_segs=4)
     assert feats.shape == (8, 512, 2, 2) and scores.shape == (2, 5)
     # The DRN stand-in fails with a message naming the fix.
-    with pytest.raises(ImportError, match='mmaction2'):
-        MODELS.build(dict(type='DRN'))
+    try:
+        with pytest.raises(ImportError, match='mmaction2'):
+            MODELS.build(dict(type='DRN'))
+    finally:
+        scope.__exit__(None, None, None)
 
 
 def _tiny_lvis(tmp_path):

@@ -96,13 +96,13 @@ def _build_full_config(name, tmp_path, monkeypatch, random_vit_b32, rows):
     monkeypatch.chdir(REPO)
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'baron', name))
     # Each missing file stops the build with the key, the path and how to make or get it.
+    with pytest.raises(FileNotFoundError, match=r'model\.clip_cfg\.checkpoint'):
+        MODELS.build(cfg.model)
+    cfg.model.clip_cfg.checkpoint = random_vit_b32
     with pytest.raises(FileNotFoundError, match=r'cls_embeddings_path=.*gen_class_embeddings'):
         MODELS.build(cfg.model)
     cfg.model.roi_head.bbox_head.cls_embeddings_path = _random_embeddings(
         tmp_path / 'emb.npy', rows)
-    with pytest.raises(FileNotFoundError, match=r'model\.clip_cfg\.checkpoint'):
-        MODELS.build(cfg.model)
-    cfg.model.clip_cfg.checkpoint = random_vit_b32
     model = MODELS.build(cfg.model)
     pipelines = [Compose(cfg.train_dataloader.dataset.get('dataset', cfg.train_dataloader.dataset)
                          .pipeline), Compose(cfg.test_dataloader.dataset.pipeline)]

@@ -166,11 +166,14 @@ def build_models(args, workdir):
     # the .npy is what the head reads; 'attn' in the name = layer-k space (silences its warning)
     emb_path = osp.join(workdir, 'cls_attn.npy')
     np.save(emb_path, torch.randn(args.num_classes, clip.text_width, generator=gen).numpy())
-    head = MODELS.build(dict(
-        type='BaronBBoxHead', with_avg_pool=True, with_reg=False, in_channels=args.feat_dim,
-        num_classes=args.num_classes, num_words=args.num_words, word_dim=clip.text_width,
-        cls_embeddings_path=emb_path, words_drop_ratio=args.word_drop, cls_temp=args.cls_temp,
-        text_layer=layer))
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):  # whatever scope the caller left set
+        head = MODELS.build(dict(
+            type='BaronBBoxHead', with_avg_pool=True, with_reg=False,
+            in_channels=args.feat_dim,
+            num_classes=args.num_classes, num_words=args.num_words, word_dim=clip.text_width,
+            cls_embeddings_path=emb_path, words_drop_ratio=args.word_drop,
+            cls_temp=args.cls_temp, text_layer=layer))
     kd = BaronKD(num_words=args.num_words, word_dim=clip.text_width, embed_dim=clip.embed_dim,
                  bag_temp=args.bag_temp, single_weight=0.0, word_drop_ratio=args.word_drop)
     clip.to(args.device)
