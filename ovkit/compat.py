@@ -71,8 +71,9 @@ def _history_buffer_getattr(obj, name):
     object, so only HistoryBuffer's own callables are resolved.
     """
     from mmengine.logging import HistoryBuffer
-    value = getattr(HistoryBuffer, name, None) if obj is HistoryBuffer else None
-    if value is None or not callable(value) or name.startswith('_'):
+    known = obj is HistoryBuffer and name in HistoryBuffer._statistics_methods
+    value = getattr(HistoryBuffer, name, None) if known else None
+    if value is None or not callable(value):
         import pickle
         raise pickle.UnpicklingError(
             f'ovkit refuses getattr({obj!r}, {name!r}) in a weights-only checkpoint: only '
@@ -183,7 +184,7 @@ def _patch_mmengine_dist_for_cpu():
     original_ddp_init = mm_ddp.MMDistributedDataParallel.__init__
 
     def ddp_init(self, module, detect_anomalous_params=False, **kwargs):
-        on_cpu = all(not p.is_cuda for p in module.parameters())
+        on_cpu = all(p.device.type == 'cpu' for p in module.parameters())
         if on_cpu and kwargs.get('device_ids') is not None:
             kwargs['device_ids'] = None
             kwargs['output_device'] = None

@@ -111,8 +111,16 @@ class _EvilGetattr:
         return (getattr, (np.ndarray, 'tofile'))
 
 
+class _EvilRegister:
+    """A public HistoryBuffer classmethod that would change global state while loading."""
+
+    def __reduce__(self):
+        from mmengine.logging import HistoryBuffer
+        return (getattr, (HistoryBuffer, 'register_statistics'))
+
+
 def test_unknown_globals_still_refused(tmp_path):
-    for i, obj in enumerate((_Evil(), _EvilGetattr())):
+    for i, obj in enumerate((_Evil(), _EvilGetattr(), _EvilRegister())):
         path = tmp_path / f'evil{i}.pth'
         torch.save(dict(state_dict={}, payload=obj), str(path))
         with pytest.raises(pickle.UnpicklingError):

@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 export PYTHON=${PYTHON:-$VENV/bin/python}
 NPROC=${NPROC:-2}
+# NPROC processes need NPROC GPUs; with fewer, the demo runs on CPU processes (gloo).
+if [ "$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')" -lt "$NPROC" ]; then
+  export CUDA_VISIBLE_DEVICES=
+fi
 
 "$PYTHON" tools/data/make_shapes.py --out data/shapes
 
@@ -21,7 +25,8 @@ run() {  # run CONFIG NAME
     || { tail -30 "$work/test.log"; exit 1; }
   echo "== metrics of $config (full log: $work/test.log)"
   grep -E "(Epoch|Iter)\(test\)" "$work/test.log" | tail -1 | sed -E 's/.*\]\s+//; s/  (data_)?time: [0-9.]+//g' \
-    | tr -s ' ' '\n' | paste - - | awk '{printf "  %-22s %s\n", $1, $2}'
+    | tr -s ' ' '\n' | paste - - | awk '{printf "  %-22s %s\n", $1, $2}' \
+    || { echo "no test metrics in $work/test.log" >&2; exit 1; }
 }
 
 run configs/shapes/faster_rcnn_tiny.py faster_rcnn_tiny

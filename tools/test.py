@@ -50,7 +50,7 @@ def enable_visualization(cfg, args):
 
 
 def build_cfg(args):
-    if not osp.isfile(args.checkpoint):
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher

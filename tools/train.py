@@ -78,7 +78,7 @@ def build_cfg(args):
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
-        if not osp.isfile(args.resume):
+        if '://' not in args.resume and not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint file')
         cfg.resume = True
         cfg.load_from = args.resume

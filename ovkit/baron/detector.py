@@ -101,6 +101,11 @@ class Baron(TwoStageDetector):
             self.clip.load_state_dict({k[n:]: state_dict.pop(k) for k in clip_keys})
 
     def loss(self, batch_inputs, batch_data_samples):
+        if self.roi_head.kd is None:
+            return super().loss(batch_inputs, batch_data_samples)
         pre = self.data_preprocessor
+        if not getattr(pre, '_enable_normalize', False):
+            raise ValueError('Baron with kd needs model.data_preprocessor mean/std: the bag '
+                             "teacher re-normalises images to CLIP's statistics from them.")
         with self.roi_head.kd_inputs(batch_inputs, pre.mean.view(-1), pre.std.view(-1)):
             return super().loss(batch_inputs, batch_data_samples)

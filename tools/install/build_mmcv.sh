@@ -7,6 +7,7 @@
 # second install, or CI on the same machine, takes seconds instead of ~15 minutes.
 set -euo pipefail
 PY=${1:-.venv/bin/python}
+case $PY in /*) ;; *) PY="$PWD/$PY" ;; esac  # the build runs in another directory
 CONSTRAINTS=${2:-}  # pins the torch already present, so mmcv's dependencies cannot swap it
 PIP="$PY -m pip --disable-pip-version-check"
 

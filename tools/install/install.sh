@@ -19,7 +19,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   if [ "${SYSTEM_SITE:-0}" = 1 ]; then "$PYTHON" -m venv --system-site-packages "$VENV"
   else "$PYTHON" -m venv "$VENV"; fi
 fi
-PY="$VENV/bin/python"
+PY="$(cd "$VENV/bin" && pwd)/python"  # absolute: build_mmcv.sh changes directory
 PIP="$PY -m pip --disable-pip-version-check"
 
 echo "[ovkit] build tools"
