@@ -71,7 +71,10 @@ def _history_buffer_getattr(obj, name):
     object, so only HistoryBuffer's own callables are resolved.
     """
     from mmengine.logging import HistoryBuffer
-    known = obj is HistoryBuffer and name in HistoryBuffer._statistics_methods
+    # The defaults are registered only when a first HistoryBuffer is created, which a fresh
+    # process loading a checkpoint has not done yet.
+    known = obj is HistoryBuffer and (name in ('min', 'max', 'current', 'mean')
+                                      or name in HistoryBuffer._statistics_methods)
     value = getattr(HistoryBuffer, name, None) if known else None
     if value is None or not callable(value):
         import pickle

@@ -127,6 +127,16 @@ def test_unknown_globals_still_refused(tmp_path):
             torch.load(str(path))
 
 
+def test_fresh_process_loads_checkpoint(tmp_path):
+    # No HistoryBuffer exists yet in a new process (as in `tools/test.py CONFIG CKPT`).
+    runner = _runner(tmp_path / 'a', max_iters=4)
+    runner.train()
+    code = (f'import ovkit, torch; c = torch.load({str(tmp_path / "a" / "iter_4.pth")!r}); '
+            'print(c["meta"]["iter"])')
+    proc = _run_python(code)
+    assert proc.returncode == 0 and proc.stdout.strip() == '4', proc.stderr[-2000:]
+
+
 def _run_python(code):
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=300)
