@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 
 import ovkit.baron  # noqa: F401
-from conftest import REPO
+from tests.conftest import REPO
 from ovkit.shapes import SHAPE_CLASSES
 
 CONFIG = osp.join(REPO, 'configs', 'baron', 'shapes.py')

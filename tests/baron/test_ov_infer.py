@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from tests.conftest import REPO
 
 SHAPES = osp.join(REPO, 'configs', 'baron', 'shapes.py')
 TOOL = osp.join(REPO, 'tools', 'ov_infer.py')

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_cmd
+from tests.conftest import REPO, run_cmd
 
 pytestmark = pytest.mark.e2e
 CONFIG = osp.join(REPO, 'configs', 'shapes', 'faster_rcnn_tiny.py')

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 
 
 def test_second_make_install_does_nothing():

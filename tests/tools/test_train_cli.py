@@ -5,7 +5,7 @@ import os.path as osp
 import pytest
 import torch
 
-from conftest import REPO
+from tests.conftest import REPO
 
 CONFIG = osp.join(REPO, 'configs', 'shapes', 'faster_rcnn_tiny.py')
 

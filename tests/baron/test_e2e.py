@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cmd
+from tests.conftest import REPO, run_cmd
 
 pytestmark = pytest.mark.e2e
 SHAPES = osp.join(REPO, 'configs', 'baron', 'shapes.py')
