@@ -538,3 +538,42 @@ def test_registered_in_mmdet_models():
     kd = MODELS.build(dict(type='BaronKD', num_words=NUM_WORDS, word_dim=WORD_DIM,
                            embed_dim=EMBED, pos_feats=8, sampler=dict(max_groups=2)))
     assert isinstance(kd, BaronKD) and kd.sampler.max_groups == 2
+
+
+def test_single_region_features_default_to_the_reference_value_path():
+    clip = FakeClip()
+    run(make_kd().train(), clip, FakeRoIHead(), make_batch())
+    assert clip.calls['word_token_mode'] == ['maskclip'] and clip.calls['dense_mode'] == [
+        'maskclip']
+    clip = FakeClip()
+    run(make_kd(single_features='plain').train(), clip, FakeRoIHead(), make_batch())
+    assert clip.calls['word_token_mode'] == ['causal'] and clip.calls['dense_mode'] == ['plain']
+    clip = FakeClip()  # no single-region loss: no dense features asked for
+    run(make_kd(single_weight=0.0).train(), clip, FakeRoIHead(), make_batch())
+    assert clip.calls['dense_mode'] == [None]
+    with pytest.raises(ValueError, match='single_features'):
+        make_kd(single_features='dense')
+
+
+def test_boxes_cache_brings_back_confident_centres_from_start_iter():
+    kd = make_kd(boxes_cache=dict(start_iter=1, num_boxes=10, nms_thr=0.1, score_thr=0.85))
+    kd.train()
+    feats, rpn, inputs, metas = make_batch()
+    confident = [torch.tensor([[8., 8., 24., 26., 0.95]])] * 2
+    weak = [torch.tensor([[40., 30., 58., 48., 0.5]])] * 2
+    head = FakeRoIHead()
+    run(kd, FakeClip(), head, (feats, confident, inputs, metas))  # iteration 0: no cache
+    assert int(kd.kd_iter) == 1 and len(kd.boxes_cache) == 0
+    run(kd, FakeClip(), head, (feats, confident, inputs, metas))  # iteration 1: stored
+    assert sorted(kd.boxes_cache.boxes) == [11, 12]
+    head.calls.clear()
+    run(kd, FakeClip(), head, (feats, weak, inputs, metas))
+    # the weak proposal alone would be the (fallback) centre; the cached box outscores it
+    samples = kd.sampler.sample([torch.tensor([[8., 8., 24., 26., 0.95]])] * 2,
+                                [(IMG_H, IMG_W)] * 2, generator=torch.Generator().manual_seed(0))
+    regions = torch.cat([s['regions'] for s in samples])
+    torch.testing.assert_close(head.calls[0][:, 1:], regions)
+    # eval mode neither counts nor reads the cache
+    kd.eval()
+    run(kd, FakeClip(), head, (feats, weak, inputs, metas))
+    assert int(kd.kd_iter) == 3 and 'kd_iter' in kd.state_dict()
