@@ -45,7 +45,7 @@ class BagSampler:
         shape_ratio_thr: keep boxes whose w/h lies in (thr, 1/thr); elongated proposals give
             degenerate neighbourhoods.
         area_ratio_thr: keep boxes whose area inside the image exceeds this fraction of the
-            image area.
+            image area (image box [0, 0, w - 1, h - 1], as the reference).
         objectness_thr: keep proposals scoring above this (ignored when proposals carry no
             score column). When nothing passes the filters, the best-scored box with a
             positive area is kept alone, as in the reference.
@@ -182,9 +182,11 @@ class BagSampler:
         wh = boxes[:, 2:] - boxes[:, :2]
         ratio = wh[:, 0] / (wh[:, 1] + _EPS)
         valid = (ratio > self.shape_ratio_thr) & (ratio < 1.0 / self.shape_ratio_thr)
-        inter = ((boxes[:, 2].clamp(0, w) - boxes[:, 0].clamp(0, w)).clamp(min=0)
-                 * (boxes[:, 3].clamp(0, h) - boxes[:, 1].clamp(0, h)).clamp(min=0))
-        valid &= inter / float(h * w) > self.area_ratio_thr
+        # the reference's intersection-over-foreground with the image box [0, 0, w-1, h-1]
+        # (mmdet's bbox_overlaps, mode='iof')
+        inter = ((boxes[:, 2].clamp(0, w - 1) - boxes[:, 0].clamp(0, w - 1)).clamp(min=0)
+                 * (boxes[:, 3].clamp(0, h - 1) - boxes[:, 1].clamp(0, h - 1)).clamp(min=0))
+        valid &= inter / max((h - 1) * (w - 1), _EPS) > self.area_ratio_thr
         if has_score:
             valid &= scores > self.objectness_thr
         if not valid.any():

@@ -159,9 +159,11 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
                          f'{model.visual.image_size[0]}-pixel crops.')
     images, labels = make_shape_crops(num_crops, seed=seed * 1000 + 1, crop_size=image_size,
                                       palette_prob=palette_prob)
-    mean, std = model.visual.image_mean, model.visual.image_std
+    # the statistics CLIPModel (and so BARON's teacher) normalises with
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-    inputs = _to_clip_input(images, mean or OPENAI_DATASET_MEAN, std or OPENAI_DATASET_STD)
+    mean = getattr(model.visual, 'image_mean', None) or OPENAI_DATASET_MEAN
+    std = getattr(model.visual, 'image_std', None) or OPENAI_DATASET_STD
+    inputs = _to_clip_input(images, mean, std)
     labels = torch.from_numpy(labels)
     tokenizer = _tokenizer(int(model.positional_embedding.shape[0]))
     # every (class, template) caption, tokenized once
