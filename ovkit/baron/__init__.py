@@ -2,7 +2,7 @@
 
 ``import ovkit.baron`` (or ``custom_imports=dict(imports=['ovkit.baron'])``) registers:
 ``Baron`` (detector), ``BaronRoIHead``, ``BaronBBoxHead`` and its ConvFC variants, ``BaronKD``,
-``DetachRPNHead`` and ``OVCocoAP50Metric`` in mmdet's registries.
+``BaronRPNHead``, ``DetachRPNHead`` and ``OVCocoAP50Metric`` in mmdet's registries.
 """
 import ovkit  # noqa: F401  (compat fixes first)
 
@@ -15,9 +15,9 @@ from .kd import BaronKD, BoxPositionEmbedding, symmetric_info_nce
 from .metric import OVCocoAP50Metric
 from .queues import FeatureQueue
 from .roi_head import BaronRoIHead
-from .rpn_head import DetachRPNHead
+from .rpn_head import BaronRPNHead, DetachRPNHead
 
 __all__ = ['Baron', 'BaronRoIHead', 'BaronBBoxHead', 'BaronConvFCBBoxHead',
            'BaronShared2FCBBoxHead', 'BaronShared4Conv1FCBBoxHead', 'BaronKD', 'BagSampler',
            'BoxPositionEmbedding', 'symmetric_info_nce', 'FeatureQueue', 'OVCocoAP50Metric',
-           'BoxesCache', 'DetachRPNHead']
+           'BoxesCache', 'BaronRPNHead', 'DetachRPNHead']

@@ -17,8 +17,9 @@ apart). A second run with the same seed and settings reuses them (``--force`` re
 
 Design choices (this is ovkit's own stand-in for web pre-training, not a published recipe):
 
-* the architecture is open_clip's ``CLIP`` with ovkit's ``'tiny'`` dimensions, QuickGELU, trained
-  with open_clip's own forward (77-token text context);
+* the architecture is open_clip's ``CLIP`` with ovkit's ``'tiny'`` dimensions and QuickGELU; it is
+  trained through :class:`ovkit.clip.CLIPModel`'s encoders (the same code BARON runs it with;
+  texts cut after their longest caption, exact under the causal mask);
 * half of the shapes are drawn in their class colour of ``ovkit.shapes`` (as in the detection
   images), half in a random colour, so colour alone cannot name a shape;
 * captions repeat (8 classes x the templates), so every pair of the batch with the same class is
@@ -149,8 +150,8 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
     """
     from ovkit.shapes import SHAPE_CLASSES
     from .builder import _create_architecture
+    from .model import CLIPModel
     from .prompts import format_prompt, load_prompt_templates
-    from .model import _tokenizer
 
     templates = list(templates or load_prompt_templates(_default_templates()))
     model = _create_architecture('tiny', True, seed)
@@ -159,15 +160,13 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
                          f'{model.visual.image_size[0]}-pixel crops.')
     images, labels = make_shape_crops(num_crops, seed=seed * 1000 + 1, crop_size=image_size,
                                       palette_prob=palette_prob)
-    # the statistics CLIPModel (and so BARON's teacher) normalises with
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-    mean = getattr(model.visual, 'image_mean', None) or OPENAI_DATASET_MEAN
-    std = getattr(model.visual, 'image_std', None) or OPENAI_DATASET_STD
-    inputs = _to_clip_input(images, mean, std)
+    # CLIPModel freezes what it wraps; here the weights are trained through its encoders
+    clip = CLIPModel(model, model_name='tiny')
+    model.requires_grad_(True)
+    inputs = _to_clip_input(images, clip.image_mean, clip.image_std)
     labels = torch.from_numpy(labels)
-    tokenizer = _tokenizer(int(model.positional_embedding.shape[0]))
     # every (class, template) caption, tokenized once
-    captions = tokenizer([format_prompt(t, c) for c in SHAPE_CLASSES for t in templates])
+    captions = clip.tokenize([format_prompt(t, c) for c in SHAPE_CLASSES for t in templates])
     captions = captions.view(len(SHAPE_CLASSES), len(templates), -1)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and 'embedding' not in n]
@@ -188,8 +187,8 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
         y = labels[idx]
         tpl = torch.randint(len(templates), (batch_size,), generator=gen)
         text = captions[y, tpl]
-        img_f = F.normalize(model.encode_image(x), dim=-1)
-        txt_f = F.normalize(model.encode_text(text), dim=-1)
+        img_f = clip.encode_image(x, normalize=True)
+        txt_f = clip.encode_text(text, normalize=True)
         loss = _contrastive_loss(img_f, txt_f, y, model.logit_scale.exp().clamp(max=100))
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,6 +197,7 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
         if log and (step % 100 == 0 or step == steps - 1):
             log(f'step {step + 1}/{steps} loss {loss.item():.3f} '
                 f'({time.time() - t0:.0f} s)')
+    model.requires_grad_(False)
     model.eval()
     return model
 

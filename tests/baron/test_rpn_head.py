@@ -2,7 +2,7 @@
 import torch
 from mmdet.registry import MODELS
 
-import ovkit.baron  # noqa: F401
+import ovkit.baron  # noqa: F401  (DetachRPNHead, BaronRPNHead)
 
 
 def make_head(**kwargs):
@@ -45,3 +45,25 @@ def test_not_a_host_name():
     from mmdet.registry import MODELS as HOST
     cls = HOST.get('DetachRPNHead')
     assert cls.__module__.startswith('ovkit')
+
+
+def test_proposals_under_autocast():
+    """mmdet 3.3's RPNHead fails here (mmcv NMS gets bf16 scores with fp32 boxes)."""
+    from mmengine.config import ConfigDict
+    cfg = ConfigDict(nms_pre=100, max_per_img=50, nms=dict(type='nms', iou_threshold=0.7),
+                     min_bbox_size=0)
+    for kind in ('BaronRPNHead', 'DetachRPNHead'):
+        head = make_head(type=kind, bbox_coder=dict(type='DeltaXYWHBBoxCoder',
+                                                    target_means=[0.] * 4,
+                                                    target_stds=[1.0] * 4))
+        x = [torch.randn(1, 8, 16, 16)]
+        plain = head.predict_by_feat(*head(x), batch_img_metas=[dict(img_shape=(64, 64))],
+                                     cfg=cfg, rescale=False)[0]
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outs = head(x)
+            assert outs[0][0].dtype == torch.bfloat16
+            low = head.predict_by_feat(*outs, batch_img_metas=[dict(img_shape=(64, 64))],
+                                       cfg=cfg, rescale=False)[0]
+        assert low.scores.dtype == torch.float32 and 0 < len(low) <= 50
+        # the same proposals up to bf16 rounding of the scores
+        assert abs(len(low) - len(plain)) <= 2
