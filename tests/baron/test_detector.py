@@ -252,3 +252,20 @@ def test_two_source_dataloader_feeds_both_branches(model_cfg, shapes_workspace, 
         if 'loss' in key:
             assert all(torch.isfinite(v).all() for v in (value if isinstance(value, list)
                                                          else [value])), key
+
+
+def test_extra_test_classes_are_encoded_like_the_class_embeddings(model_cfg):
+    from ovkit.clip import build_class_embeddings, load_prompt_templates
+    model = _build(model_cfg, extra_test_classes=['zebra', 'kite'])
+    head = model.roi_head.bbox_head
+    expected = build_class_embeddings(model.clip, ['zebra', 'kite'], load_prompt_templates(
+        'data/metadata/prompt_templates.txt'), layer=head.text_layer)
+    torch.testing.assert_close(head.extra_test_embeddings, expected)
+    model.eval()
+    images, samples = _inputs(model, n=1)
+    with torch.no_grad():
+        results = model.predict(images, samples)
+    assert set(results[0].pred_instances.labels.tolist()) <= set(range(len(SHAPE_CLASSES)))
+    # a vocabulary replaces the classes and drops the extra ones
+    vocab = _build(model_cfg, extra_test_classes=['zebra'], vocabulary=['circle', 'star'])
+    assert vocab.roi_head.bbox_head.extra_test_embeddings is None
