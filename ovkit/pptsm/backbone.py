@@ -164,6 +164,7 @@ class ResNetTweaksTSM(BaseModule):
         shift_ratio: channel fraction per shifted fold; None means 1/T as in PP-TSM.
         act_cfg: activation; LeakyReLU(0.01) for PaddleVideo >= 2.1 weights, ReLU for 2.0.
         in_channels: image channels.
+        base_channels: stage-1 width (64 in PP-TSM; smaller only for tiny test models).
         out_indices: stages whose outputs are returned (a tensor when only one).
         frozen_stages: stages to freeze (0 freezes the stem), -1 for none.
         norm_eval: keep every BatchNorm in eval mode while training.
@@ -187,6 +188,7 @@ class ResNetTweaksTSM(BaseModule):
                  shift_ratio=None,
                  act_cfg=PADDLE_ACT,
                  in_channels=3,
+                 base_channels=64,
                  out_indices=(3, ),
                  frozen_stages=-1,
                  norm_eval=False,
@@ -210,16 +212,17 @@ class ResNetTweaksTSM(BaseModule):
         act_cfg = dict(act_cfg)
         block, stage_blocks = self.arch_settings[depth]
 
+        half = base_channels // 2
         self.stem = nn.Sequential(
-            ConvBNAct(in_channels, 32, 3, 2, act_cfg),
-            ConvBNAct(32, 32, 3, 1, act_cfg),
-            ConvBNAct(32, 64, 3, 1, act_cfg))
+            ConvBNAct(in_channels, half, 3, 2, act_cfg),
+            ConvBNAct(half, half, 3, 1, act_cfg),
+            ConvBNAct(half, base_channels, 3, 1, act_cfg))
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
         self.res_layers = []
-        in_ch = 64
+        in_ch = base_channels
         for s, num_blocks in enumerate(stage_blocks):
-            planes = 64 * 2**s
+            planes = base_channels * 2**s
             out_ch = planes * block.expansion
             blocks = []
             for i in range(num_blocks):
