@@ -301,7 +301,7 @@ def summarize(records: Iterable[Optional[dict]], num_predicates: int,
                 if present.any():
                     recalls[n - 1] = np.mean(hits[present, t, n] / count[present, n])
                 total += recalls[n - 1]
-            res[f'{name}@{k}'] = total / float(num_predicates)
+            res[f'{name}@{k}'] = float(total / float(num_predicates))
             per_pred[f'{name}@{k}'] = recalls
     if with_zeroshot:
         zs = [r for r in recs if r['zs_count'] > 0]

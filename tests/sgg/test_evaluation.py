@@ -52,10 +52,11 @@ def test_graph_constraint_recall_first_argmax_rows_in_given_order(mode):
     assert ('A@1' in res) == (mode != 'sgdet')
 
 
-def test_no_graph_constraint_order_and_ties():
+@pytest.mark.parametrize('mode', ['predcls', 'sgcls', 'sgdet'])
+def test_no_graph_constraint_order_and_ties(mode):
     # all (pair, predicate) by score: .5 (r0,p1) GT0 | .375 (r2,p1) GT2 | then the tie at .25:
     # (r1,p1) (r1,p2)=GT1 (r1,p3) (r3,p1) -- lower row first, then lower predicate
-    res = run([image(GT, PAIRS, SCORES)], topks=(1, 2, 3, 4, 5))
+    res = run([image(GT, PAIRS, SCORES)], mode, topks=(1, 2, 3, 4, 5))
     assert [res[f'ngR@{k}'] for k in (1, 2, 3, 4, 5)] == pytest.approx(
         [1 / 3, 2 / 3, 2 / 3, 1.0, 1.0])
     flat = topk_flat_desc(SCORES[:, 1:], 7)
@@ -73,9 +74,10 @@ def test_topk_flat_desc_matches_a_full_stable_sort():
         np.testing.assert_array_equal(topk_flat_desc(s, k), expect)
 
 
-def test_duplicate_gt_triplets_are_all_matched_by_one_prediction():
+@pytest.mark.parametrize('mode', ['predcls', 'sgcls', 'sgdet'])
+def test_duplicate_gt_triplets_are_all_matched_by_one_prediction(mode):
     gt = [[0, 1, 1], [0, 1, 1], [0, 1, 2]]
-    res = run([image(gt, [[0, 1]], scores([0, 0.5, 0.25, 0]))], topks=(1, 2))
+    res = run([image(gt, [[0, 1]], scores([0, 0.5, 0.25, 0]))], mode, topks=(1, 2))
     assert res['R@1'] == pytest.approx(2 / 3)           # one row, two identical GT
     assert res['ngR@1'] == pytest.approx(2 / 3)
     assert res['ngR@2'] == pytest.approx(1.0)           # (0,1,p2) is the second entry
@@ -84,16 +86,18 @@ def test_duplicate_gt_triplets_are_all_matched_by_one_prediction():
     assert res['ng-mR@2'] == pytest.approx((1.0 + 1.0 + 0.0) / 3)
 
 
-def test_images_without_gt_relations_or_predicted_pairs_are_skipped():
+@pytest.mark.parametrize('mode', ['predcls', 'sgcls', 'sgdet'])
+def test_images_without_gt_relations_or_predicted_pairs_are_skipped(mode):
     good = image(GT, PAIRS, SCORES)
     no_gt = image(np.zeros((0, 3), int), PAIRS, SCORES)
     no_pred = image(GT, np.zeros((0, 2), int), np.zeros((0, 4), np.float32))
-    res = run([good, no_gt, no_pred])
+    res = run([good, no_gt, no_pred], mode)
     assert res['num_images'] == 1
     assert res['R@3'] == pytest.approx(2 / 3)           # not (2/3 + 0) / 2
-    assert np.isnan(run([no_gt, no_pred])['R@1'])
-    assert evaluate_image(no_gt, 'predcls') is None
-    assert evaluate_image(no_pred, 'sgdet') is None
+    assert res['mR@3'] == pytest.approx((2 / 2 + 0 / 1 + 0) / 3)   # p1 GT0+GT2; p2 missed
+    assert np.isnan(run([no_gt, no_pred], mode)['R@1'])
+    assert evaluate_image(no_gt, mode) is None
+    assert evaluate_image(no_pred, mode) is None
 
 
 def test_predcls_uses_gt_boxes_labels_and_object_scores_of_one():
@@ -131,13 +135,14 @@ def test_sgdet_iou_uses_plus_one_widths():
                'sgdet')['R@1'] == 1.0
 
 
-def test_mean_recall_averages_per_image_lists_over_all_predicates():
+@pytest.mark.parametrize('mode', ['predcls', 'sgcls', 'sgdet'])
+def test_mean_recall_averages_per_image_lists_over_all_predicates(mode):
     # image A: GT p1, p1, p2; the first row hits one p1, the second the p2
     a = image([[0, 1, 1], [0, 2, 1], [1, 2, 2]], [[0, 1], [1, 2]],
               scores([0, 1, 0, 0], [0, 0, 1, 0]))
     # image B: GT p1, hit
     b = image([[0, 1, 1]], [[0, 1]], scores([0, 1, 0, 0]))
-    res = run([a, b], topks=(2,))
+    res = run([a, b], mode, topks=(2,))
     # p1: mean(1/2, 1/1) = 0.75; p2: mean(1/1) = 1; p3: never in GT -> 0, still counted
     assert res['mR@2'] == pytest.approx((0.75 + 1.0 + 0.0) / 3)
     np.testing.assert_allclose(res['per_predicate']['mR@2'], [0.75, 1.0, 0.0])
