@@ -11,7 +11,6 @@ import os.path as osp
 from typing import List, Optional, Sequence
 
 import numpy as np
-
 from mmdet.datasets import BaseDetDataset
 from mmdet.registry import DATASETS
 

@@ -12,11 +12,10 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from mmdet.registry import METRICS
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MessageHub, MMLogger, print_log
 from mmengine.structures import BaseDataElement
-
-from mmdet.registry import METRICS
 
 from .evaluation import MODES, TOPKS, TripletSet, evaluate_image, summarize
 

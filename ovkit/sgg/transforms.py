@@ -8,10 +8,9 @@ indices; ``PackSGGInputs`` checks them and says so.
 """
 import numpy as np
 import torch
-from mmengine.structures import InstanceData
-
 from mmdet.datasets.transforms import LoadAnnotations, PackDetInputs
 from mmdet.registry import TRANSFORMS
+from mmengine.structures import InstanceData
 
 
 @TRANSFORMS.register_module()

@@ -113,11 +113,10 @@ def mmdet_faster_rcnn(depth=101, base_width=8, num_classes=150, mlp=4096, agnost
 
 
 def build(cfg, device='cpu'):
-    from mmengine.config import ConfigDict
-    from mmengine.registry import DefaultScope
-
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from mmengine.config import ConfigDict
+    from mmengine.registry import DefaultScope
     register_all_modules(init_default_scope=False)
     with DefaultScope.overwrite_default_scope('mmdet'), torch.device(device):
         return MODELS.build(ConfigDict(cfg))

@@ -2,8 +2,14 @@
 import numpy as np
 import pytest
 
-from ovkit.sgg.evaluation import (TripletSet, evaluate_image, evaluate_sgg, iou_plus1,
-                                  summarize, topk_flat_desc)
+from ovkit.sgg.evaluation import (
+    TripletSet,
+    evaluate_image,
+    evaluate_sgg,
+    iou_plus1,
+    summarize,
+    topk_flat_desc,
+)
 
 # three well separated GT boxes; classes 1, 2, 3
 BOXES = np.array([[0, 0, 9, 9], [20, 0, 29, 9], [40, 0, 49, 9]], dtype=np.float32)

@@ -6,11 +6,11 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
+from mmdet.structures import DetDataSample
 from mmengine.evaluator import Evaluator
 from mmengine.structures import InstanceData
 
 import ovkit.sgg  # noqa: F401
-from mmdet.structures import DetDataSample
 from ovkit.sgg.evaluation import evaluate_sgg
 from ovkit.sgg.metric import SGGMetric, load_triplets
 
@@ -152,6 +152,7 @@ def _dist_worker(rank, world, port, mode, out):
 @pytest.mark.parametrize('mode', ['sgcls'])
 def test_two_processes_equal_one(mode, tmp_path):
     import socket
+
     import torch.multiprocessing as mp
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
