@@ -1,4 +1,4 @@
-"""The compare_accuracy.py command line (in process; the script itself runs in tests/accuracy/test_e2e.py):
+"""The compare_accuracy.py command line in process (the script itself runs in test_e2e.py):
 compare and its report files, options, bad input messages."""
 import csv
 import json

@@ -89,6 +89,7 @@ def test_onnx_predict_mode_is_refused(detector, image, tmp_path):
 def test_tensor_input_and_bad_inputs(detector, image, tmp_path):
     """A saved preprocessed tensor works as --input; bad files give clear messages."""
     import torch
+
     from ovkit.accuracy.manifest import AccuracyError
     from ovkit.accuracy.openmmlab import dump_config, prepare_inputs
     model, cfg = detector

@@ -29,9 +29,7 @@ import numpy as np
 
 from ovkit.accuracy.compare import compare_dumps
 from ovkit.accuracy.manifest import DumpWriter, load_dump
-from ovkit.accuracy.metrics import _reset_peak_rss as reset_peak_rss
-from ovkit.accuracy.metrics import _status_kb as status_kb
-from ovkit.accuracy.metrics import single_thread_blas
+from ovkit.accuracy.resources import reset_peak_rss, single_thread_blas, status_kb
 
 # (elements, count) of one "model": a mix of feature maps, from 64 Ki to 16 Mi elements
 LAYOUT = [(1 << 16, 8), (1 << 18, 8), (1 << 20, 8), (1 << 22, 6), (1 << 24, 2)]
