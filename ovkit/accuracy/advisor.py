@@ -228,10 +228,14 @@ def own_error_ranking(rows, metric='cosine_similarity'):
     return out
 
 
-def _own(r, metric):
-    if (r.get('isolated_nonfinite_new_b') or 0) > 0:
-        return f'{r["isolated_nonfinite_new_b"]} new NaN/inf'
-    return f'{metric} {r.get("isolated_" + metric):.6g}'
+def _error_text(r, prefix=''):
+    """Readable size of an error: new NaN/inf, else SQNR in dB (else the cosine)."""
+    if (r.get(prefix + 'nonfinite_new_b') or 0) > 0:
+        return f'{r[prefix + "nonfinite_new_b"]} new NaN/inf'
+    v = r.get(prefix + 'sqnr_db')
+    if isinstance(v, float) and v == v:
+        return f'SQNR {v:.1f} dB'
+    return f'cosine {r.get(prefix + "cosine_similarity")}'
 
 
 def rule_error_sources(ctx, top=5):
@@ -251,9 +255,8 @@ def rule_error_sources(ctx, top=5):
     else:
         severity, lead = 'info', 'largest own errors (all within the threshold)'
     names = [r['name'] for r in ranked[:top]]
-    parts = [f'{_label(r)} ({r.get("module_type") or "?"}): own {_own(r, ctx.metric)}, '
-             f'propagated {ctx.metric} {r.get(ctx.metric, float("nan")):.6g}'
-             for r in ranked[:top]]
+    parts = [f'{_label(r)} ({r.get("module_type") or "?"}): own {_error_text(r, "isolated_")}'
+             f', propagated {_error_text(r)}' for r in ranked[:top]]
     return dict(
         rule='error_sources', severity=severity, modules=names,
         tensors=[dict(_ref(r, ctx.metric), isolated=r.get('isolated_' + ctx.metric),
