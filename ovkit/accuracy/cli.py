@@ -259,7 +259,7 @@ def _suggest(args, console):
         with open(osp.join(args.out, 'keep_fp32.py'), 'w') as f:
             f.write(found['snippet'])
         console.rule('keep in float32')
-        console.print(found['snippet'], markup=False, highlight=False)
+        print(found['snippet'], flush=True)  # not through rich: no wrapping, paste-ready
     console.print(f'{finding["message"]}; html report: {paths["html"]}', markup=False)
     failed = found['modules'] is None or _has_error(paths['advice'])
     return 3 if args.strict and failed else 0

@@ -307,7 +307,7 @@ def fix_finding(found):
                             'enabled=False) around the parent module, then search again.'))
     return dict(rule='fp32_fix', severity='info', modules=found['modules'], passes=n,
                 message=(f'keeping {len(found["modules"])} module(s) in float32 brings every '
-                         f'output within the threshold ({found["metric"]} {found["worst"]:.6g}'
+                         f'output within the threshold ({found["metric"]} {found["worst"]:.9g}'
                          f'): {", ".join(found["modules"])} (search: {n} forward passes)'),
                 advice='Paste this after the model is built:\n' + found['snippet'],
                 snippet=found['snippet'])

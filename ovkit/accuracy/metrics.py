@@ -41,9 +41,9 @@ Grade (:func:`grade`, the ``grade`` column; thresholds in :data:`GRADE_THRESHOLD
 
 * ``error``: b has NaN/inf where a is finite, a's magnitude overflows fp16 where b is fp16, or
   sqnr_db < 20 (about cosine 0.99: the output is visibly different);
-* ``warn``: sqnr_db < 40, or error_ratio_5e-3 > 0.1 (more than 10% of the elements are off
-  by more than 0.5%: more than one low-precision rounding, which stays below 0.5% for fp16
-  and bf16);
+* ``warn``: sqnr_db < 40, or error_ratio_5e-3 > 0.5 (most elements are off by more than
+  0.5%, more than one fp16 or bf16 rounding gives; a healthy fp16 ResNet has ~10% there,
+  all near zero, where a small absolute error is a large relative one);
 * ``pass`` otherwise; ``n/a`` when the pair was not compared (see its ``reason``).
 
 Zeros, NaN and inf:
@@ -90,7 +90,7 @@ BUILTIN_METRICS = {
     'error_ratio_1e-3': (False, 'share of |a-b| > |a| / 1000'),
     'error_ratio_5e-3': (False, 'share of |a-b| > 5 |a| / 1000'),
 }
-GRADE_THRESHOLDS = dict(error_sqnr_db=20.0, warn_sqnr_db=40.0, warn_error_ratio_5e_3=0.1)
+GRADE_THRESHOLDS = dict(error_sqnr_db=20.0, warn_sqnr_db=40.0, warn_error_ratio_5e_3=0.5)
 GRADES = ('pass', 'warn', 'error', 'n/a')
 _RATIO_T = (1e-3, 5e-3)
 STAT_COLUMNS = ('mean_a', 'std_a', 'mean_b', 'std_b')

@@ -34,7 +34,8 @@ def run_proc(image, tmp_path_factory):
     log = open(out / 'stdout.txt', 'w')  # a file, not a pipe: a full pipe would block it
     proc = subprocess.Popen(
         [sys.executable, TOOL, 'run', CONFIG, '--input', image, '--settings', 'fp32,bf16,fp16',
-         '--out', str(out), '--no-progress'], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+         '--isolate', '--out', str(out), '--no-progress'], stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT)
     yield proc, out
     if proc.poll() is None:
         proc.kill()
@@ -115,7 +116,7 @@ def test_run_writes_csv_plots_and_advice(run_out, other):
     report = out / 'report' / f'fp32_vs_{other}'
     files = os.listdir(report)
     assert 'compare.csv' in files and 'advice.json' in files
-    assert 'scatter_cosine_similarity.png' in files
+    assert 'scatter_cosine_similarity.png' in files and 'report.html' in files
     assert any(f.endswith('.cdf_abs.png') for f in files)
     assert any(f.endswith('_abs.csv') and f.startswith('tensor_') for f in files)
     for f in files:
@@ -140,6 +141,12 @@ def test_run_writes_csv_plots_and_advice(run_out, other):
         'problem_node', 'single_point_deviation', 'all_consistent', 'fp16_overflow')
     # mmcv's CPU NMS/RoIAlign have no low-precision kernels: they ran in fp32, and say so
     assert any('nms' in w for w in advice['warnings'])
+    # --isolate: every backbone conv has its own error; the ReLUs, fed float32, add none
+    convs = [r for r in rows if r['name'].startswith('backbone') and r['module_type'] == 'Conv2d']
+    assert convs and all(float(r['isolated_relative_euclidean_distance']) > 0 for r in convs)
+    relus = [r for r in rows if r['module_type'] == 'ReLU']
+    assert relus and all(float(r['isolated_max_absolute_error']) == 0 for r in relus)
+    assert any(f['rule'] == 'error_sources' for f in advice['findings'])
     assert f'fp32 vs {other}' in stdout
 
 
@@ -149,7 +156,7 @@ def test_dumps_reproducible_across_processes(run_out, detector, image, tmp_path)
     from ovkit.accuracy.openmmlab import dump_config
     model, cfg = detector
     mine = dump_config(cfg, None, image, str(tmp_path / 'fp32'), 'fp32', model=model)
-    res = compare_dumps(str(run_out[0] / 'dumps' / 'fp32'), mine.root)
+    res = compare_dumps(str(run_out[0] / 'dumps' / 'fp32'), mine.root)  # A has inputs too
     assert len(res.rows) == len(mine.entries) > 80
     for r in res.rows:
         assert r['reason'] == '', (r['name'], r['reason'])

@@ -369,7 +369,8 @@ def test_sqnr_of_fp16_rounding_matches_theory():
 @pytest.mark.parametrize('row,expected', [
     (dict(sqnr_db=70.0, **{'error_ratio_5e-3': 0.0}), 'pass'),
     (dict(sqnr_db=39.9, **{'error_ratio_5e-3': 0.0}), 'warn'),
-    (dict(sqnr_db=70.0, **{'error_ratio_5e-3': 0.2}), 'warn'),
+    (dict(sqnr_db=70.0, **{'error_ratio_5e-3': 0.2}), 'pass'),
+    (dict(sqnr_db=70.0, **{'error_ratio_5e-3': 0.6}), 'warn'),
     (dict(sqnr_db=19.9, **{'error_ratio_5e-3': 0.0}), 'error'),
     (dict(sqnr_db=math.inf, **{'error_ratio_5e-3': 0.0}), 'pass'),
     (dict(sqnr_db=-math.inf, **{'error_ratio_5e-3': 1.0}), 'error'),
@@ -385,4 +386,4 @@ def test_grade_thresholds(row, expected):
 def test_grade_thresholds_can_be_overridden():
     assert grade(dict(sqnr_db=30.0), dict(warn_sqnr_db=25.0)) == 'pass'
     assert GRADE_THRESHOLDS == dict(error_sqnr_db=20.0, warn_sqnr_db=40.0,
-                                    warn_error_ratio_5e_3=0.1)
+                                    warn_error_ratio_5e_3=0.5)
