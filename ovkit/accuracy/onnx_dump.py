@@ -11,14 +11,13 @@ ONNX Runtime runs with its default graph optimisations (what a deployment gets);
 intermediate output keeps the node that produces it, so fusions across exposed tensors are
 disabled. The exported file is kept as ``model.onnx`` in the dump directory.
 
-Error attribution (``isolate_from``): a module call is isolated when its exported nodes can be
-cut out of the graph on their own: the sub-graph between the values that enter the module
-(its exposed inputs) and its outputs, extracted with ``onnx.utils.Extractor``, must need no
-other computed value and hold only nodes of that module's scope (``/model/backbone/conv1/...``)
-besides constants. It runs under ONNX Runtime on the reference's recorded inputs. Calls that
-do not cut out (the exporter merged the module with others, shape arithmetic on tensors from
-elsewhere, a module that exports to no node) are listed with the reason in the manifest
-(``isolation.skipped``) and shown by the report.
+Error attribution (``isolate_from``): a module call is isolated when its exported nodes cut
+out of the graph on their own: the sub-graph from the values entering the module (its exposed
+inputs) to its outputs, extracted with ``onnx.utils.Extractor``, must need no other computed
+value (the nodes a single module maps to). All the cut-out sub-graphs run side by side in one
+ONNX Runtime session, in one run (one extra forward pass), on the reference's recorded inputs.
+Calls that do not cut out (shape arithmetic on tensors from elsewhere, a module exported as no
+node) are listed with the reason in the manifest (``isolation.skipped``) and in the report.
 """
 import os.path as osp
 import time
@@ -193,13 +192,14 @@ def dump_onnx(model, inputs, out_dir, forward=None, include=None, exclude=None, 
                 if kind == 'input' and not dump_inputs:
                     continue
                 if kind == 'output' and isolated is not None and index == 0:
-                    isolated.write(writer, name, writer.next_call(name, 'output', 0))
+                    isolated.plan(name, writer.next_call(name, 'output', 0))
                 writer.add(name, np.asarray(arr), kind=kind, index=index, path=path,
                            module_type=mtype)
             for i, (path, arr) in enumerate(zip(wrapper.output_paths, results[:n])):
                 writer.add(MODEL_OUTPUT, np.asarray(arr), kind='model_output', index=i,
                            path=path)
             if isolated is not None:
+                isolated.run(writer)
                 extra_meta['isolation'] = isolated.meta()
             prog.update(ptask, advance=1)
     finally:
@@ -224,7 +224,7 @@ class _OnnxIsolator:
 
     def __init__(self, onnx_path, wrapper, reference, ort):
         import onnx
-        self.onnx, self.ort, self.ref = onnx, ort, reference
+        self.ort, self.ref = ort, reference
         self.model = onnx.load(onnx_path)
         self.producer = {o: nd for nd in self.model.graph.node for o in nd.output}
         self.ref_inputs = {(e.name, e.call, e.index): e for e in reference.entries
@@ -238,7 +238,9 @@ class _OnnxIsolator:
             self.calls.setdefault((name, call), {'input': {}, 'output': {}})[kind][index] = \
                 self._source(out_name)
         self.extractor = None
-        self.skipped, self.n_calls, self.seconds = {}, 0, 0.0
+        self.planned = []
+        self.skipped, self.n_calls = {}, 0
+        self.seconds = self.cut_seconds = self.run_seconds = 0.0
 
     def _source(self, out_name):
         """The graph value a clone copied (the exposed output is an Identity of it)."""
@@ -266,45 +268,72 @@ class _OnnxIsolator:
             return None, 'exports to no node'
         return sub, ''
 
-    def write(self, writer, name, call):
-        """Isolated outputs of call ``call`` of module ``name`` into ``writer``."""
+    def plan(self, name, call):
+        """Cut out call ``call`` of module ``name`` for :meth:`run` (or keep the reason)."""
         label = f'{name}#{call}' if call else name
         io = self.calls.get((name, call))
         if io is None or not io['input']:
             self.skipped[label] = 'no exposed inputs (the module takes no tensor)'
             return
-        missing = [i for i in io['input'] if (name, call, i) not in self.ref_inputs]
-        if missing:
+        if any((name, call, i) not in self.ref_inputs for i in io['input']):
             self.skipped[label] = 'the reference has no inputs for this call'
             return
         t0 = time.perf_counter()
         outs = list(dict.fromkeys(io['output'].values()))
         sub, reason = self._cut(set(io['input'].values()), outs)
+        self.cut_seconds += time.perf_counter() - t0
         if sub is None:
             self.skipped[label] = reason
             return
-        feed = {}
-        for index, value in io['input'].items():
-            if value in {i.name for i in sub.graph.input}:
+        self.planned.append((name, call, io, sub, outs))
+
+    def run(self, writer):
+        """Every planned sub-graph in one ONNX Runtime session and one run (the cost of one
+        forward pass, not one session per module); writes the isolated outputs."""
+        if not self.planned:
+            return
+        from onnx import compose, helper
+        t0 = time.perf_counter()
+        graphs, feed = [], {}
+        for k, (name, call, io, sub, outs) in enumerate(self.planned):
+            prefixed = compose.add_prefix(sub, f'iso{k}/')
+            graphs.append(prefixed.graph)
+            names = {i.name for i in sub.graph.input}
+            for index, value in io['input'].items():
+                if value not in names:
+                    continue
                 arr = np.load(self.ref.file_path(self.ref_inputs[(name, call, index)]))
                 elem = next(i for i in sub.graph.input if i.name == value).type.tensor_type
-                feed[value] = arr.astype(self.onnx.helper.tensor_dtype_to_np_dtype(
-                    elem.elem_type), copy=False)
+                feed[f'iso{k}/{value}'] = arr.astype(
+                    helper.tensor_dtype_to_np_dtype(elem.elem_type), copy=False)
+        merged = helper.make_graph(
+            [n for g in graphs for n in g.node], 'isolated',
+            [i for g in graphs for i in g.input], [o for g in graphs for o in g.output],
+            [t for g in graphs for t in g.initializer],
+            value_info=[v for g in graphs for v in g.value_info])
+        model = helper.make_model(merged, opset_imports=self.model.opset_import,
+                                  ir_version=self.model.ir_version)
+        opts = self.ort.SessionOptions()
+        opts.log_severity_level = 3
         try:
-            opts = self.ort.SessionOptions()
-            opts.log_severity_level = 3
-            sess = self.ort.InferenceSession(sub.SerializeToString(), opts,
+            sess = self.ort.InferenceSession(model.SerializeToString(), opts,
                                              providers=['CPUExecutionProvider'])
-            got = dict(zip(outs, sess.run(outs, feed)))
+            t1 = time.perf_counter()
+            got = dict(zip([o.name for o in merged.output], sess.run(None, feed)))
+            self.run_seconds = time.perf_counter() - t1
         except Exception as e:
-            self.skipped[label] = f'ONNX Runtime failed on the cut-out nodes: {e}'
+            for name, call, *_ in self.planned:
+                self.skipped[f'{name}#{call}' if call else name] = (
+                    f'ONNX Runtime failed on the cut-out nodes: {e}')
             return
-        for index in sorted(io['output']):
-            writer.add(name, np.asarray(got[io['output'][index]]), kind='isolated', index=index,
-                       call=call)
-        self.n_calls += 1
-        self.seconds += time.perf_counter() - t0
+        for k, (name, call, io, sub, outs) in enumerate(self.planned):
+            for index in sorted(io['output']):
+                writer.add(name, np.asarray(got[f'iso{k}/{io["output"][index]}']),
+                           kind='isolated', index=index, call=call)
+            self.n_calls += 1
+        self.seconds = self.cut_seconds + time.perf_counter() - t0
 
     def meta(self):
         return dict(reference=self.ref.root, calls=self.n_calls, seconds=self.seconds,
+                    cut_seconds=self.cut_seconds, run_seconds=self.run_seconds,
                     skipped=self.skipped)

@@ -64,16 +64,24 @@ def test_onnx_runtime_on_exported_backbone_and_neck(detector, image, tmp_path):
     model, cfg = detector
     prepared = prepare_inputs(model, cfg, image)
     ref = dump_config(cfg, None, image, str(tmp_path / 'fp32'), 'fp32', mode='feat',
-                      model=model, prepared=prepared)
+                      model=model, prepared=prepared, dump_inputs=True)
     ort = dump_config(cfg, None, image, str(tmp_path / 'onnx'), 'onnx', model=model,
-                      prepared=prepared)  # default mode with onnx: feat
+                      prepared=prepared, isolate_from=ref.root)  # default mode: feat
     assert ort.meta['mode'] == 'feat'
-    assert [e.key for e in ort.entries] == [e.key for e in ref.entries]
+    plain = [e.key for e in ort.entries if e.kind != 'isolated']
+    assert plain == [e.key for e in ref.entries if e.kind != 'input']
+    # every module call of backbone + neck cuts out of the graph and is isolated under ORT
+    iso = ort.meta['isolation']
+    calls = {(e.name, e.call) for e in ref.entries if e.kind == 'output'}
+    assert iso['skipped'] == {} and iso['calls'] == len(calls) > 50
     assert any(e.name.startswith('neck.fpn_convs') for e in ort.entries)
     res = compare_dumps(ref.root, ort.root)
+    assert res.isolated
     for r in res.rows:
         assert r['reason'] == '', (r['name'], r['reason'])
         assert r['cosine_similarity'] > 0.9999, r['name']
+        if r['kind'] == 'output':
+            assert r['isolated_cosine_similarity'] > 0.99999, r['name']
     paths = write_report(res, str(tmp_path / 'report'), quiet=True)
     assert paths['advice']['findings'][0]['rule'] == 'all_consistent'
     assert os.path.exists(paths['scatter']) and os.path.exists(paths['tensor_cdf'])
