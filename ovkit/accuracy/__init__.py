@@ -26,7 +26,7 @@ _EXPORTS = {
     'BUILTIN_METRICS': 'metrics', 'grade': 'metrics',
     'compare_dumps': 'compare', 'CompareResult': 'compare',
     'write_report': 'report', 'write_csv': 'report', 'plot_scatter': 'report',
-    'tensor_detail': 'report', 'top_errors': 'elements', 'error_histogram': 'elements',
+    'tensor_detail': 'elements', 'top_errors': 'elements', 'error_histogram': 'elements',
     'advise': 'advisor',
     'dump_module': 'dump', 'parse_setting': 'capture', 'SETTINGS': 'capture',
     'dump_onnx': 'onnx_dump',

@@ -31,6 +31,7 @@ from .metrics import (
     STAT_COLUMNS,
     finite_pairs,
     grade,
+    higher_is_better,
     stream_metrics,
 )
 from .resources import DEFAULT_CHUNK
@@ -416,3 +417,11 @@ def _merge(row, res, fp16_max):
         reasons.append('no position is finite on both sides: metrics undefined')
     row['overflow'] = overflow
     row['reason'] = reasons
+
+
+def worst_rows(result, metric='cosine_similarity', top=20):
+    """Compared rows sorted worst first by ``metric``."""
+    rows = [r for r in result.rows if finite(r.get(metric))]
+    hib = higher_is_better(metric)
+    rows.sort(key=lambda r: (r[metric] if hib else -r[metric], r['op_index'] or 0))
+    return rows[:top]

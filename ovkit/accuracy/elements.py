@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from .manifest import AccuracyError
+from .common import row_label
+from .manifest import AccuracyError, open_npy
 from .resources import DEFAULT_CHUNK, flat_view
 
 
@@ -108,3 +109,15 @@ def error_histogram(a, b, by='abs', bins=200, chunk=DEFAULT_CHUNK):
             counts += np.bincount(np.clip(idx, 0, bins - 1), minlength=bins)
     return dict(edges=edges, counts=counts, zeros=zeros, nonfinite=nonfinite, total=total,
                 max=hi)
+
+
+def tensor_detail(row, top_n=20, by='abs', bins=200):
+    """Top-``top_n`` elements by error and (``bins`` > 0) the error histogram of one row."""
+    if not (row.get('file_a') and row.get('file_b')):
+        raise AccuracyError(f'{row_label(row)} exists on one side only; pick a compared tensor')
+    a, b = open_npy(row['file_a']), open_npy(row['file_b'])
+    if a.shape != b.shape:
+        raise AccuracyError(f'{row_label(row)}: shapes {a.shape} vs {b.shape} differ; element-'
+                            'wise errors need equal shapes')
+    return dict(row=row, by=by, top=top_errors(a, b, top_n, by) if top_n else [],
+                hist=error_histogram(a, b, by, bins) if bins else None)

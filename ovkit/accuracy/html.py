@@ -88,7 +88,8 @@ def collect(result, advice, metric='cosine_similarity', threshold=0.99, cdfs=10,
         extra_findings: findings to show after the advisor's (e.g. the fp32 fix).
     """
     from .advisor import own_error_ranking, problem_row
-    from .report import tensor_detail, worst_rows
+    from .compare import worst_rows
+    from .elements import tensor_detail
     rows = []
     for r in result.rows:
         d = {k: _num(r.get(k)) for k, _, kind in TABLE_COLUMNS if kind == 'num'}

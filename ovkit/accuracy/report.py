@@ -10,8 +10,9 @@ import os.path as osp
 
 from .common import finite as _finite
 from .common import row_label as _label
-from .elements import error_histogram, top_errors
-from .manifest import AccuracyError, open_npy, safe_name
+from .compare import worst_rows
+from .elements import tensor_detail
+from .manifest import AccuracyError, safe_name
 from .metrics import higher_is_better
 
 _TABLE_METRICS = ('cosine_similarity', 'sqnr_db', 'relative_euclidean_distance',
@@ -64,14 +65,6 @@ def is_bad(value, metric, threshold):
     if not _finite(value):
         return False
     return value < threshold if higher_is_better(metric) else value > threshold
-
-
-def worst_rows(result, metric='cosine_similarity', top=20):
-    """Compared rows sorted worst first by ``metric``."""
-    rows = [r for r in result.rows if _finite(r.get(metric))]
-    hib = higher_is_better(metric)
-    rows.sort(key=lambda r: (r[metric] if hib else -r[metric], r['op_index'] or 0))
-    return rows[:top]
 
 
 def print_table(result, metric='cosine_similarity', top=20, threshold=None, console=None):
@@ -190,18 +183,6 @@ def find_row(result, tensor):
     raise AccuracyError(f'--tensor {text!r} matches no tensor' +
                         (f'; similar: {", ".join(close)}' if close else
                          '; use an op index or a name from the CSV'))
-
-
-def tensor_detail(row, top_n=20, by='abs', bins=200):
-    """Top-``top_n`` elements by error and (``bins`` > 0) the error histogram of one row."""
-    if not (row.get('file_a') and row.get('file_b')):
-        raise AccuracyError(f'{_label(row)} exists on one side only; pick a compared tensor')
-    a, b = open_npy(row['file_a']), open_npy(row['file_b'])
-    if a.shape != b.shape:
-        raise AccuracyError(f'{_label(row)}: shapes {a.shape} vs {b.shape} differ; element-'
-                            'wise errors need equal shapes')
-    return dict(row=row, by=by, top=top_errors(a, b, top_n, by) if top_n else [],
-                hist=error_histogram(a, b, by, bins) if bins else None)
 
 
 def write_tensor_detail(detail, out_dir, setting_a='A', setting_b='B', plot=True):

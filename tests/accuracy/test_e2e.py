@@ -169,3 +169,16 @@ def test_dumps_reproducible_across_processes(run_out, detector, image, tmp_path)
     for r in res.rows:
         assert r['reason'] == '', (r['name'], r['reason'])
         assert r['max_absolute_error'] == 0.0, r['name']
+
+
+def test_dump_cli_isolates_against_the_run_reference(run_out, image, tmp_path):
+    """`dump --isolate REF` in this process against the reference the CLI run wrote."""
+    from ovkit.accuracy.cli import main
+    from ovkit.accuracy.manifest import load_dump
+    ref = str(run_out[0] / 'dumps' / 'fp32')
+    out = str(tmp_path / 'bf16')
+    assert main(['dump', CONFIG, '--input', image, '--setting', 'bf16', '--isolate', ref,
+                 '--out', out, '--no-progress']) == 0
+    iso = load_dump(out).meta['isolation']
+    calls = {(e.name, e.call) for e in load_dump(ref).entries if e.kind == 'output'}
+    assert iso['calls'] == len(calls) - len(iso['skipped']) > 80
