@@ -93,7 +93,7 @@ class Context:
         self.final_is_bad = (bool(self.out_bad) if outputs
                              else any(self.bad(r) for r in self.final_rows))
         self.bad_rows = [r for r in self.scored if self.bad(r)]
-        self.crit = f'{self.metric} {"<" if self.hib else ">"} {self.threshold:g}'
+        self.crit = f'{self.metric} {"<" if self.hib else ">"} {self.threshold:.10g}'
 
     def bad(self, r, prefix=''):
         v = r.get(prefix + self.metric)
@@ -132,7 +132,7 @@ def rule_input_inconsistency(ctx):
     what = 'shapes differ' if _mismatch(first) else f'cosine similarity {cos:.6f}'
     return dict(
         rule='input_inconsistency', severity='error', first=_ref(first, ctx.metric),
-        message=(f'the inputs differ ({_label(first)}: {what} < {ctx.input_threshold:g}); '
+        message=(f'the inputs differ ({_label(first)}: {what} < {ctx.input_threshold:.10g}); '
                  'later differences are not meaningful until this is fixed'),
         advice=('Feed both runs the same file through the same pipeline: same config (resize, '
                 'mean/std, padding), same --input, same seed. If the input was meant to change, '
@@ -197,7 +197,7 @@ def rule_all_consistent(ctx):
     return dict(
         rule='all_consistent', severity='info', count=len(ctx.scored),
         message=(f'all {len(ctx.scored)} compared tensors are within {ctx.metric} threshold '
-                 f'{ctx.threshold:g}'),
+                 f'{ctx.threshold:.10g}'),
         advice='Nothing to do at this threshold; tighten --threshold to look closer.')
 
 

@@ -239,6 +239,10 @@ function fmt(v) {
   var a = Math.abs(v);
   return (a >= 1e-3 && a < 1e5) ? v.toPrecision(6).replace(/\.?0+$/, '') : v.toExponential(3);
 }
+function tick(v, step) {  // enough decimals that neighbouring ticks differ
+  var d = Math.max(0, Math.min(12, Math.ceil(-Math.log10(Math.abs(step))) + 1));
+  return Math.abs(v) < 1e5 && step > 0 ? v.toFixed(d) : fmt(v);
+}
 function el(tag, attrs, text) {
   var e = document.createElement(tag);
   for (var k in (attrs || {})) e.setAttribute(k, attrs[k]);
@@ -293,10 +297,12 @@ function axes(svg, x0, x1, y0, y1, W, H, M, logx, logy, xlabel, ylabel) {
     var xv = x0 + (x1 - x0) * i / 4, yv = y0 + (y1 - y0) * i / 4;
     var xt = logx ? Math.pow(10, xv) : xv, yt = logy ? Math.pow(10, yv) : yv;
     var px = sx(xt), py = sy(yt);
+    var xs = logx ? fmt(xt) : tick(xt, (x1 - x0) / 4);
+    var ys = logy ? fmt(yt) : tick(yt, (y1 - y0) / 4);
     svg.appendChild(sv('line', {x1: px, y1: H - M.b, x2: px, y2: H - M.b + 4, stroke: '#888'}));
-    label(px, H - M.b + 16, 'middle', 10, fmt(xt));
+    label(px, H - M.b + 16, 'middle', 10, xs);
     svg.appendChild(sv('line', {x1: M.l - 4, y1: py, x2: W - M.r, y2: py, stroke: '#eee'}));
-    label(M.l - 6, py + 3, 'end', 10, fmt(yt));
+    label(M.l - 6, py + 3, 'end', 10, ys);
   }
   var mid = (M.t + H - M.b) / 2;
   label((M.l + W - M.r) / 2, H - 4, 'middle', 11, xlabel);
@@ -322,7 +328,7 @@ function drawScatter() {
   box.innerHTML = '';
   var pts = D.rows.filter(function (r) { return r.op_index !== null && fin(r[m]); });
   var W = Math.max(600, Math.min(1400, box.clientWidth || 1000)), H = 320;
-  var M = {l: 70, r: 15, t: 12, b: 36};
+  var M = {l: 80, r: 30, t: 12, b: 36};
   var svg = sv('svg', {width: W, height: H, id: 'scatter-svg'});
   box.appendChild(svg);
   if (!pts.length) {
@@ -422,7 +428,7 @@ function drawCdf() {
   if (!c) { box.appendChild(el('p', {'class': 'note'}, key ? 'no distribution embedded for ' + key +
     ' (compare with --tensor ' + key + ' for its PNG)' : 'no tensor compared')); return; }
   if (c.error) { box.appendChild(el('p', {'class': 'note'}, c.error)); return; }
-  var W = 720, H = 300, M = {l: 60, r: 15, t: 12, b: 36};
+  var W = 720, H = 300, M = {l: 60, r: 40, t: 12, b: 36};
   var svg = sv('svg', {width: W, height: H, id: 'cdf-svg'});
   box.appendChild(svg);
   if (!c.x.length) {
