@@ -100,6 +100,12 @@ class Context:
         return _finite(v) and (v < self.threshold if self.hib else v > self.threshold)
 
 
+def _what(r):
+    """Module type of a row, or what the tensor is when no module made it."""
+    kinds = dict(model_output='model output', model_input='model input')
+    return r.get('module_type') or kinds.get(r.get('kind'), '?')
+
+
 def _mismatch(r):
     return 'shape mismatch' in (r.get('reason') or '')
 
@@ -113,7 +119,7 @@ def rule_fp16_overflow(ctx):
         rule='fp16_overflow', severity='error', count=len(over),
         first=_ref(first, ctx.metric), tensors=[_ref(r, ctx.metric) for r in over[:20]],
         message=(f'{len(over)} tensor(s) overflow in {ctx.result.dump_b.setting}; first at op '
-                 f'{first["op_index"]} {_label(first)} ({first.get("module_type") or "?"}): '
+                 f'{first["op_index"]} {_label(first)} ({_what(first)}): '
                  f'{first.get("reason")}'),
         advice=('Values beyond the fp16 range (|x| > %g) become inf and then NaN. Keep %s and '
                 'everything that produces large values (exp, sum of squares, attention logits) '
@@ -170,7 +176,7 @@ def rule_problem_node(ctx):
         first_deviation=_ref(earlier[0], ctx.metric) if earlier else None,
         final=[_ref(r, ctx.metric) for r in ctx.final_rows],
         message=(f'the final output is off ({ctx.crit}); from op {node["op_index"]} '
-                 f'{_label(node)} ({node.get("module_type") or "?"}) on, every tensor is off'
+                 f'{_label(node)} ({_what(node)}) on, every tensor is off'
                  + (f' (earlier isolated deviations from op {earlier[0]["op_index"]})'
                     if earlier else '')),
         advice=f'{start}; then re-run the comparison to see whether the output recovers.'
@@ -255,7 +261,7 @@ def rule_error_sources(ctx, top=5):
     else:
         severity, lead = 'info', 'largest own errors (all within the threshold)'
     names = [r['name'] for r in ranked[:top]]
-    parts = [f'{_label(r)} ({r.get("module_type") or "?"}): own {_error_text(r, "isolated_")}'
+    parts = [f'{_label(r)} ({_what(r)}): own {_error_text(r, "isolated_")}'
              f', propagated {_error_text(r)}' for r in ranked[:top]]
     return dict(
         rule='error_sources', severity=severity, modules=names,
