@@ -1,6 +1,7 @@
 """End to end on the shipped tiny detector (configs/shapes/faster_rcnn_tiny.py), random init.
 
-The CLI ``run`` in a subprocess (fp32 vs bf16 and fp16: CSV, both PNGs, advice), a dump in
+The CLI ``run --isolate`` in a subprocess (fp32 vs bf16 and fp16: CSV, HTML, both PNGs,
+advice, attribution), a dump in
 this process compared with the subprocess' one (seeded weights and the dump order are
 reproducible across processes), and fp32 vs ONNX Runtime on the exported backbone + neck.
 """
@@ -13,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.e2e
+from tests.conftest import REPO as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.e2e
 CONFIG = os.path.join(ROOT, 'configs', 'shapes', 'faster_rcnn_tiny.py')
 TOOL = os.path.join(ROOT, 'tools', 'analysis', 'compare_accuracy.py')
 
