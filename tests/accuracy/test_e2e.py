@@ -1,9 +1,10 @@
 """End to end on the shipped tiny detector (configs/shapes/faster_rcnn_tiny.py), random init.
 
 The CLI ``run --isolate`` in a subprocess (fp32 vs bf16 and fp16: CSV, HTML, both PNGs,
-advice, attribution), a dump in
-this process compared with the subprocess' one (seeded weights and the dump order are
-reproducible across processes), and fp32 vs ONNX Runtime on the exported backbone + neck.
+advice, attribution), a dump in this process compared with the subprocess' one (seeded
+weights and the dump order are reproducible across processes), ``dump --isolate`` against
+that run's reference, and fp32 vs ONNX Runtime (with attribution) on the exported backbone +
+neck.
 """
 import csv
 import json
