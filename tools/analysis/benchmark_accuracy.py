@@ -122,15 +122,13 @@ def attribution_cost(root, setting='fp16', size=224, repeats=3):
     x = torch.randn(1, 3, size, size)
     with torch.no_grad(), setting_context(s):
         model(x)  # warm-up: first-call allocations and kernel selection
-    forward = math.inf
-    for _ in range(repeats):
+    ref = dump_module(model, x, os.path.join(root, 'attr_fp32'), 'fp32', dump_inputs=True)
+    forward = dump = isolated = math.inf
+    for _ in range(repeats):  # interleaved, so all three see the same machine load
         t0 = time.perf_counter()
         with torch.no_grad(), setting_context(s):
             model(x)
         forward = min(forward, time.perf_counter() - t0)
-    ref = dump_module(model, x, os.path.join(root, 'attr_fp32'), 'fp32', dump_inputs=True)
-    dump = isolated = math.inf
-    for _ in range(repeats):  # interleaved, so both see the same machine load
         t0 = time.perf_counter()
         dump_module(model, x, os.path.join(root, 'attr_b'), s, overwrite=True)
         dump = min(dump, time.perf_counter() - t0)
