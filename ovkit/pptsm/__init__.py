@@ -12,8 +12,14 @@ from .dataset import PaddleVideoDataset, VideoSkipLoggerHook
 from .precise_bn import PaddlePreciseBNHook, update_bn_stats
 from .scheduler import PaddleWarmupCosineLR, paddle_warmup_cosine_lr
 from .shift import temporal_shift, temporal_shift_reference
-from .transforms import (PaddleCenterCrop, PaddleMultiScaleCrop, PaddleRandomCrop,
-                         PaddleSampleFrames, PaddleScale, PaddleThreeCrop)
+from .transforms import (
+    PaddleCenterCrop,
+    PaddleMultiScaleCrop,
+    PaddleRandomCrop,
+    PaddleSampleFrames,
+    PaddleScale,
+    PaddleThreeCrop,
+)
 from .video_io import PyAVDecodeSampled, PyAVOpen
 
 __all__ = [

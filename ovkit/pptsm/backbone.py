@@ -7,16 +7,14 @@ in every second block only. Parameter names follow mmpretrain's ``ResNetV1d`` (`
 """
 import os.path as osp
 
-import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
+from mmaction.registry import MODELS
 from mmcv.cnn import build_activation_layer
 from mmengine.logging import MMLogger, print_log
 from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch.nn.modules.batchnorm import _BatchNorm
-
-from mmaction.registry import MODELS
 
 from .shift import temporal_shift
 

@@ -14,13 +14,12 @@ import os.path as osp
 
 import numpy as np
 import torch
+from mmaction.datasets import VideoDataset
+from mmaction.registry import DATASETS, HOOKS
 from mmengine.dist import all_reduce, get_world_size
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from torch.utils.data import get_worker_info
-
-from mmaction.datasets import VideoDataset
-from mmaction.registry import DATASETS, HOOKS
 
 __all__ = ['PaddleVideoDataset', 'VideoSkipLoggerHook']
 

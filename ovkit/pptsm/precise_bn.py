@@ -13,13 +13,12 @@ rank holds the same numbers (and N processes equal one process that saw all thei
 import itertools
 
 import torch
+from mmaction.registry import HOOKS
 from mmengine.dist import all_reduce, get_world_size
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch.nn.modules.batchnorm import _BatchNorm
-
-from mmaction.registry import HOOKS
 
 __all__ = ['PaddlePreciseBNHook', 'update_bn_stats']
 

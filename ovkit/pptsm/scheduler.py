@@ -11,9 +11,8 @@ for base lr ``base``, warmup start ``s``, warmup epochs ``w`` and total epochs `
 """
 import math
 
-from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
-
 from mmaction.registry import PARAM_SCHEDULERS
+from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
 
 __all__ = ['PaddleWarmupCosineLR', 'paddle_warmup_cosine_lr']
 

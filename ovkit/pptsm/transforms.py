@@ -11,9 +11,8 @@ Resizing uses Pillow's bilinear filter by default, as Paddle's pipelines do
 """
 import mmcv
 import numpy as np
-from mmcv.transforms import BaseTransform
-
 from mmaction.registry import TRANSFORMS
+from mmcv.transforms import BaseTransform
 
 __all__ = ['PaddleSampleFrames', 'PaddleScale', 'PaddleMultiScaleCrop', 'PaddleRandomCrop',
            'PaddleCenterCrop', 'PaddleThreeCrop', 'paddle_segment_indices',

@@ -64,7 +64,6 @@ def class_names_of(cfg, label_map=None):
 
 def topk_of(scores, names, k):
     """``[(name, probability)]`` of the k best classes for one video's class scores."""
-    import torch
     k = min(k, scores.numel())
     probs, idx = scores.topk(k)
     return [(names[i] if names and i < len(names) else str(i), float(p))
@@ -86,9 +85,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
+    from mmaction.apis import inference_recognizer, init_recognizer
 
     import ovkit.pptsm  # noqa: F401  (registers PP-TSM; applies ovkit.compat)
-    from mmaction.apis import inference_recognizer, init_recognizer
 
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
         if not osp.isfile(path):

@@ -11,10 +11,9 @@ counted by demuxing, so the sampler still sees the true length.
 import io
 
 import numpy as np
+from mmaction.registry import TRANSFORMS
 from mmcv.transforms import BaseTransform
 from mmengine.fileio import get
-
-from mmaction.registry import TRANSFORMS
 
 __all__ = ['PyAVOpen', 'PyAVDecodeSampled']
 

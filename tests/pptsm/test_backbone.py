@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from mmaction.registry import MODELS
+
 from ovkit.pptsm import ResNetTweaksTSM
 from ovkit.pptsm.shift import temporal_shift_reference
 
@@ -148,8 +148,9 @@ def test_pretrained_loading_and_errors(tmp_path):
 
 
 def test_builds_from_the_registry():
-    import ovkit.pptsm  # noqa: F401
     from mmengine.registry import DefaultScope
+
+    import ovkit.pptsm  # noqa: F401
     with DefaultScope.overwrite_default_scope('mmaction'):
         m = MODELS.build(dict(type='ResNetTweaksTSM', depth=18, num_segments=8))
     assert isinstance(m, ResNetTweaksTSM)

@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from mmaction.registry import MODELS
+
 from ovkit.pptsm.convert import convert_pdparams, load_pdparams, main
 from tests.conftest import REPO, run_cmd
 
@@ -56,8 +56,9 @@ def recognizer_keys(depth, num_classes):
 
 
 def build_recognizer(num_classes, depth=50):
-    import ovkit.pptsm  # noqa: F401
     from mmengine.registry import init_default_scope
+
+    import ovkit.pptsm  # noqa: F401
     init_default_scope('mmaction')
     return MODELS.build(dict(
         type='Recognizer2D',

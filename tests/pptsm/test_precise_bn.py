@@ -36,7 +36,8 @@ def expected_stats(model, batches):
     out = {}
     for k, xs in feats.items():
         arrs = [x.double().numpy().transpose(1, 0, 2, 3).reshape(x.shape[1], -1) for x in xs]
-        out[k] = (np.mean([a.mean(1) for a in arrs], 0), np.mean([a.var(1, ddof=1) for a in arrs], 0))
+        out[k] = (np.mean([a.mean(1) for a in arrs], 0),
+                  np.mean([a.var(1, ddof=1) for a in arrs], 0))
     return out
 
 

@@ -4,15 +4,15 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from mmaction.registry import PARAM_SCHEDULERS
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
-from mmaction.registry import PARAM_SCHEDULERS
 from ovkit.pptsm.scheduler import PaddleWarmupCosineLR
 
 
 def paddle_lr(e, s, base, w, E):
-    """CustomWarmupCosineDecay.get_lr: c(e) = base (1 + cos(pi e / E)) / 2, linear warmup to c(w)."""
+    """CustomWarmupCosineDecay: c(e) = base (1 + cos(pi e / E)) / 2, linear warmup to c(w)."""
     if e < w:
         c_w = base * (1 + math.cos(math.pi * w / E)) / 2
         return s + e * (c_w - s) / w

@@ -1,11 +1,17 @@
 """Paddle's sampling and crops: frame indices and crop boxes against the formulas."""
 import numpy as np
 import pytest
+from mmaction.datasets.transforms import DenseSampleFrames
 from PIL import Image
 
-from mmaction.datasets.transforms import DenseSampleFrames
-from ovkit.pptsm.transforms import (PaddleCenterCrop, PaddleMultiScaleCrop, PaddleRandomCrop,
-                                    PaddleSampleFrames, PaddleScale, PaddleThreeCrop)
+from ovkit.pptsm.transforms import (
+    PaddleCenterCrop,
+    PaddleMultiScaleCrop,
+    PaddleRandomCrop,
+    PaddleSampleFrames,
+    PaddleScale,
+    PaddleThreeCrop,
+)
 
 
 def frames(n, h, w, seed=0):

@@ -22,10 +22,10 @@ import time
 
 import torch
 import torch.nn as nn
+from mmaction.models.backbones.resnet_tsm import ResNetTSM, TemporalShift
 from mmengine.logging import MMLogger
 
 import ovkit.pptsm  # noqa: F401  (registers ResNetTweaksTSM; applies ovkit.compat)
-from mmaction.models.backbones.resnet_tsm import ResNetTSM, TemporalShift
 from ovkit.pptsm.backbone import ResNetTweaksTSM
 from ovkit.pptsm.shift import temporal_shift
 
