@@ -61,7 +61,7 @@ def _write_avi(path, frames, fps):
             container.mux(packet)
 
 
-def make_video_shapes(root, per_class_train=16, per_class_val=6, num_frames=16, size=64, fps=8,
+def make_video_shapes(root, per_class_train=24, per_class_val=12, num_frames=16, size=48, fps=8,
                       seed=0):
     """Write the motion-classified shapes videos and their list files under ``root``.
 
@@ -107,7 +107,7 @@ def make_video_shapes(root, per_class_train=16, per_class_val=6, num_frames=16, 
     return dict(videos=osp.join(root, 'videos'), classes=osp.join(root, 'classes.txt'), **lists)
 
 
-def write(out_dir, seed=0, per_class_train=16, per_class_val=6, num_frames=16, size=64):
+def write(out_dir, seed=0, per_class_train=24, per_class_val=12, num_frames=16, size=48):
     """Writer entry of :data:`ovkit.shapes.WRITERS`: the videos under ``out_dir/video``.
 
     Args:
