@@ -111,11 +111,11 @@ def test_converted_paddle_checkpoint_loads_into_the_ucf101_config(tmp_path):
     ckpt = tmp_path / 'pptsm_k400_uniform_distill.pth'
     run_cmd([sys.executable, osp.join(REPO, 'tools', 'model_converters', 'pptsm_paddle.py'),
              str(tmp_path / 'ppTSM_k400_uniform_distill.pdparams'), str(ckpt)], cwd=REPO)
+    from mmaction.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import DefaultScope
 
     import ovkit.pptsm  # noqa: F401
-    from mmaction.registry import MODELS
     cfg = Config.fromfile(UCF101)
     cfg.model.backbone.pretrained = str(ckpt)
     with DefaultScope.overwrite_default_scope('mmaction'):
@@ -133,11 +133,11 @@ FULL = sorted(p for p in glob.glob(osp.join(CFG_DIR, '*.py')) if 'shapes' not in
 
 @pytest.mark.parametrize('path', FULL, ids=osp.basename)
 def test_full_configs_build_without_data_and_name_missing_files(path, tmp_path):
+    from mmaction.registry import DATASETS, MODELS
     from mmengine.config import Config
     from mmengine.registry import DefaultScope
 
     import ovkit.pptsm  # noqa: F401
-    from mmaction.registry import DATASETS, MODELS
     cfg = Config.fromfile(path)
     with DefaultScope.overwrite_default_scope('mmaction'):
         model = MODELS.build(cfg.model)

@@ -22,7 +22,6 @@ import time
 
 import torch
 import torch.nn as nn
-from mmaction.models.backbones.resnet_tsm import ResNetTSM, TemporalShift
 from mmengine.logging import MMLogger
 
 import ovkit.pptsm  # noqa: F401  (registers ResNetTweaksTSM; applies ovkit.compat)
@@ -30,6 +29,12 @@ from ovkit.pptsm.backbone import ResNetTweaksTSM
 from ovkit.pptsm.shift import temporal_shift
 
 T = 8
+
+
+def mmaction_peer():
+    """mmaction2's ``ResNetTSM`` and ``TemporalShift``, imported after ovkit's compat fixes."""
+    from mmaction.models.backbones.resnet_tsm import ResNetTSM, TemporalShift
+    return ResNetTSM, TemporalShift
 
 
 def conv_flops(model, x):
@@ -85,6 +90,7 @@ def swap_folds(x, fold):
 
 
 def bench_shift(shapes, iters, check):
+    _, TemporalShift = mmaction_peer()
     results = []
     for shape in shapes:
         x = torch.randn(*shape, requires_grad=True)
@@ -113,6 +119,7 @@ def bench_shift(shapes, iters, check):
 
 
 def bench_backbone(clips, size, iters, check):
+    ResNetTSM, _ = mmaction_peer()
     torch.manual_seed(0)
     ours = ResNetTweaksTSM(depth=50, num_segments=T)
     ours.init_weights()
