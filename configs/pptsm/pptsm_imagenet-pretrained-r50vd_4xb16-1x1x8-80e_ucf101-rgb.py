@@ -4,7 +4,8 @@
 # Nesterov, fc weight lr x1 and bias x2 (that release's TSMHead), precise BN on 80 batches.
 #   python tools/model_converters/pptsm_paddle.py ResNet50_vd_ssld_v2_pretrained.pdparams \
 #       checkpoints/resnet50_vd_ssld_v2.pth
-#   tools/dist_train.sh configs/pptsm/pptsm_imagenet-pretrained-r50vd_4xb16-1x1x8-80e_ucf101-rgb.py 4
+#   tools/dist_train.sh \
+#       configs/pptsm/pptsm_imagenet-pretrained-r50vd_4xb16-1x1x8-80e_ucf101-rgb.py 4
 _base_ = './pptsm_k400-distill-pretrained-r50_1xb16-1x1x8-30e_ucf101-rgb.py'
 
 pretrained_checkpoint = 'checkpoints/resnet50_vd_ssld_v2.pth'  # converted ImageNet .pdparams

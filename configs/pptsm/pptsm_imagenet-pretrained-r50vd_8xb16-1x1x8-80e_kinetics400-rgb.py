@@ -6,7 +6,8 @@
 # centre crop 224.
 #   python tools/model_converters/pptsm_paddle.py ResNet50_vd_ssld_v2_pretrained.pdparams \
 #       checkpoints/resnet50_vd_ssld_v2.pth
-#   tools/dist_train.sh configs/pptsm/pptsm_imagenet-pretrained-r50vd_8xb16-1x1x8-80e_kinetics400-rgb.py 8
+#   tools/dist_train.sh \
+#       configs/pptsm/pptsm_imagenet-pretrained-r50vd_8xb16-1x1x8-80e_kinetics400-rgb.py 8
 _base_ = './pptsm_k400-distill-pretrained-r50_1xb16-1x1x8-30e_ucf101-rgb.py'
 from ovkit.metadata import class_names as _shipped_class_names
 

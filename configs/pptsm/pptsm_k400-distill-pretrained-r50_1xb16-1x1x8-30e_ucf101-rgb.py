@@ -4,7 +4,8 @@
 # MultiScaleCrop 256 with 13 offsets, RandomCrop 224, flip; test: centre frame, centre crop).
 #   python tools/model_converters/pptsm_paddle.py ppTSM_k400_uniform_distill.pdparams \
 #       checkpoints/pptsm_k400_uniform_distill.pth
-#   python tools/train.py configs/pptsm/pptsm_k400-distill-pretrained-r50_1xb16-1x1x8-30e_ucf101-rgb.py
+#   python tools/train.py \
+#       configs/pptsm/pptsm_k400-distill-pretrained-r50_1xb16-1x1x8-30e_ucf101-rgb.py
 _base_ = ['../_base_/models/pptsm_r50.py', '../_base_/mmaction_runtime.py']
 
 custom_imports = dict(imports=['ovkit.pptsm'], allow_failed_imports=False)
