@@ -28,8 +28,12 @@ def timm_fused(model, fused):
     return model
 
 
-def ovkit_classifier(num_classes, mean=(127.5, ) * 3, std=(127.5, ) * 3, head=None, **backbone):
-    """An mmpretrain ImageClassifier with OVKitViT + OVKitViTClsHead, built by the registry."""
+def ovkit_classifier(num_classes, mean=(127.5, ) * 3, std=(127.5, ) * 3, head=None, init=True,
+                     **backbone):
+    """An mmpretrain ImageClassifier with OVKitViT + OVKitViTClsHead, built by the registry.
+
+    ``init=False`` skips the weight init (the caller loads a state dict anyway).
+    """
     import ovkit.vit  # noqa: F401  (registers)
     from mmpretrain.registry import MODELS
     distilled = backbone.get('distilled', False)
@@ -42,7 +46,8 @@ def ovkit_classifier(num_classes, mean=(127.5, ) * 3, std=(127.5, ) * 3, head=No
                   in_channels=backbone.get('representation_size') or _width(backbone),
                   **(head or {})))
     model = MODELS.build(cfg)
-    model.init_weights()
+    if init:
+        model.init_weights()
     return model.eval()
 
 

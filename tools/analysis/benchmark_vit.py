@@ -120,6 +120,7 @@ def main(argv=None):
     parser.add_argument('--iters', type=int, default=2)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--no-compile', action='store_true', help='eager only')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--quick', action='store_true',
                         help='tiny model, few iterations, eager only (used by the tests)')
     args = parser.parse_args(argv)
@@ -127,6 +128,9 @@ def main(argv=None):
     if args.quick:
         args.img_size, args.rounds, args.iters, args.warmup = 32, 2, 1, 1
         args.no_compile = True
+        args.threads = args.threads or 1  # tiny tensors: thread hand-offs cost more than they save
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batch = args.batch or (64 if device.type == 'cuda' else 8)
     torch.manual_seed(0)
     ref, ours = build_pair(args.variant, args.img_size, 1000, device, args.quick)
@@ -141,7 +145,7 @@ def main(argv=None):
 
     from ovkit.vit import vit_flops
     flops = 3 * vit_flops(ours.backbone, batch, 1000)  # backward ~ 2x forward
-    peak = matmul_tflops(device, args.amp)
+    peak = matmul_tflops(device, args.amp, n=512 if args.quick else None)
     modes = [('eager', ref, ours)]
     if not args.no_compile:
         modes.append(('compile', torch.compile(ref), torch.compile(ours)))
