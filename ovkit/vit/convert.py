@@ -53,10 +53,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     info = convert(args.src, args.dst, args.format, args.img_size)
     print(f'wrote {args.dst} ({info["source_format"]} -> ovkit)')
-    print('config: model.backbone = dict(type="OVKitViT", arch=dict(embed_dim={embed_dim}, '
-          'depth={depth}, num_heads=...), patch_size={patch_size}, img_size={img_size}, '
+    arch = repr(info['arch']) if info['arch'] else (
+        'dict(embed_dim={embed_dim}, depth={depth}, num_heads=...)'.format(**info))
+    print(f'config: model.backbone = dict(type="OVKitViT", arch={arch}, '
+          'patch_size={patch_size}, img_size={img_size}, class_token={class_token}, '
           'global_pool={global_pool!r}, distilled={distilled}, representation_size='
-          '{representation_size}); model.head.num_classes={num_classes}'.format(**info))
+          '{representation_size}); model.head.num_classes = {num_classes}'.format(**info))
     return info
 
 

@@ -299,7 +299,10 @@ def describe(sd: Dict[str, torch.Tensor]) -> dict:
     depth = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
     prefix = int('cls_token' in sd) + int('dist_token' in sd)
     grid = int(round((sd['pos_embed'].shape[1] - prefix)**0.5))
-    info = dict(embed_dim=w.shape[0], depth=depth, patch_size=w.shape[-1],
+    from .backbone import ARCHS
+    arch = next((name for name, (d, n, _, _) in ARCHS.items()
+                 if d == w.shape[0] and n == depth), None)
+    info = dict(arch=arch, embed_dim=w.shape[0], depth=depth, patch_size=w.shape[-1],
                 img_size=grid * w.shape[-1], class_token='cls_token' in sd,
                 distilled='dist_token' in sd,
                 global_pool='avg' if 'fc_norm.weight' in sd else 'token',
