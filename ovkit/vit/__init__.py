@@ -11,7 +11,7 @@ from .weights import (WHERE_PUBLISHED, WeightsError, load_backbone_weights,
                       load_timm_state_dict, timm_to_ovkit)
 
 __all__ = [
-    'ARCHS', 'OUT_TYPES', 'OVKitValLoss', 'OVKitViT', 'OVKitViTClsHead', 'WHERE_PUBLISHED', 'WeightsError',
-    'load_backbone_weights', 'load_timm_state_dict', 'resample_abs_pos_embed', 'timm_to_ovkit',
-    'vit_flops'
+    'ARCHS', 'OUT_TYPES', 'OVKitValLoss', 'OVKitViT', 'OVKitViTClsHead', 'WHERE_PUBLISHED',
+    'WeightsError', 'load_backbone_weights', 'load_timm_state_dict', 'resample_abs_pos_embed',
+    'timm_to_ovkit', 'vit_flops'
 ]

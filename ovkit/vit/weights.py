@@ -126,7 +126,8 @@ def npz_to_timm(w: dict, num_prefix_tokens: Optional[int] = None) -> Dict[str, t
     has_cls = f'{p}cls' in w
     if has_cls:
         out['cls_token'] = t(w[f'{p}cls']).reshape(1, 1, -1)
-    pos = t(w[f'{p}pos_embedding' if big_vision else f'{p}Transformer/posembed_input/pos_embedding'])
+    pos_key = 'pos_embedding' if big_vision else 'Transformer/posembed_input/pos_embedding'
+    pos = t(w[p + pos_key])
     pos = pos.reshape(1, -1, pos.shape[-1])
     side = int(round(pos.shape[1]**0.5))
     if has_cls and side * side == pos.shape[1]:

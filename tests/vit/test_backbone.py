@@ -21,8 +21,8 @@ def test_state_dict_names_are_timms():
                if isinstance(m, torch.nn.LayerNorm))
 
 
-@pytest.mark.parametrize('arch,patch,width,tokens', [('base', 16, 768, 197), ('huge', 14, 1280, 257),
-                                                     ('large', 32, 1024, 50)])
+@pytest.mark.parametrize('arch,patch,width,tokens', [
+    ('base', 16, 768, 197), ('huge', 14, 1280, 257), ('large', 32, 1024, 50)])
 def test_variant_sizes(arch, patch, width, tokens):
     with torch.device('meta'):  # shapes only: no memory, no time
         m = OVKitViT(arch=arch, patch_size=patch if arch == 'large' else None)
