@@ -287,18 +287,19 @@ class OVKitViT(BaseModule):
 
     # ----------------------------------------------------------------- weights
     def init_weights(self):
-        """timm's initialisation, then ``pretrained`` (if set) or the mmengine ``init_cfg``."""
+        """timm's initialisation (or the mmengine ``init_cfg``), then ``pretrained`` if set."""
         if self.init_cfg is not None:
-            return super().init_weights()
-        trunc_normal_(self.pos_embed, std=.02)
-        if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
-        if self.dist_token is not None:
-            trunc_normal_(self.dist_token, std=.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=.02)
-                nn.init.zeros_(m.bias)
+            super().init_weights()
+        else:
+            trunc_normal_(self.pos_embed, std=.02)
+            if self.cls_token is not None:
+                nn.init.normal_(self.cls_token, std=1e-6)
+            if self.dist_token is not None:
+                trunc_normal_(self.dist_token, std=.02)
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    trunc_normal_(m.weight, std=.02)
+                    nn.init.zeros_(m.bias)
         if self.pretrained:
             from .weights import load_backbone_weights
             load_backbone_weights(self, self.pretrained, key='model.backbone.pretrained')

@@ -19,7 +19,7 @@ class OVKitViTClsHead(ClsHead):
     to distil from, so the distillation token is fine-tuned on the labels.
 
     Args:
-        num_classes: classes.
+        num_classes: classes (None: an error explaining the image-folder config).
         in_channels: feature width (the backbone's ``num_features``).
         distilled: expect ``(cls, dist)`` features and keep ``head_dist``.
         drop_rate: dropout before the linear layers (timm's ``head_drop``).
@@ -30,6 +30,12 @@ class OVKitViTClsHead(ClsHead):
     def __init__(self, num_classes: int, in_channels: int, distilled: bool = False,
                  drop_rate: float = 0., init_std: float = .02, **kwargs):
         super().__init__(**kwargs)
+        if num_classes is None:  # what presets.folder_classes leaves when the folder is absent
+            raise ValueError(
+                'OVKitViTClsHead: num_classes is None: the config counts the classes of its '
+                'image folder (data_root/train/<class>/), which did not exist when the config '
+                'was read. Set data_root in the config (or DATA_ROOT=... where the config '
+                'reads it) to a folder of that layout.')
         if num_classes <= 0:
             raise ValueError(f'OVKitViTClsHead: num_classes must be positive, got {num_classes}')
         self.num_classes = num_classes

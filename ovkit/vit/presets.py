@@ -9,7 +9,7 @@ Configs import these after ``_base_``::
 """
 import os
 import os.path as osp
-from typing import Tuple
+from typing import Optional, Tuple
 
 # mean/std in 0..255 pixel units (mmpretrain's ClsDataPreprocessor), from timm's pretrained cfgs
 NORMS = {
@@ -50,14 +50,19 @@ def pretrained_norm(tag: str, to_rgb: bool = True) -> dict:
                      f'containing one of {[k for k, _ in _TAG_NORMS]} or one of {sorted(NORMS)}')
 
 
-def folder_classes(data_root: str, split: str = 'train') -> Tuple[str, ...]:
+def folder_classes(data_root: str, split: str = 'train',
+                   required: bool = True) -> Optional[Tuple[str, ...]]:
     """Class names of an ImageFolder split: its sub-folders, sorted (as torchvision).
 
     Args:
         data_root: folder holding ``<split>/<class>/<image>``.
         split: sub-folder whose children are the classes.
+        required: raise when the folder is absent; False returns None (a config read where the
+            data is not, e.g. to inspect it; building its model then fails with the reason).
     """
     root = osp.join(data_root, split)
+    if not osp.isdir(root) and not required:
+        return None
     if not osp.isdir(root):
         raise FileNotFoundError(
             f'data_root = {data_root!r}: no {split}/ folder ({root!r}). Put images as '

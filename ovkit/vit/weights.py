@@ -32,7 +32,11 @@ class WeightsError(ValueError):
 
 
 def _missing(path: str, key: str) -> FileNotFoundError:
-    return FileNotFoundError(f'ViT weights not found: {key} = {path!r}. {WHERE_PUBLISHED} '
+    # a path that names a timm tag (vit_base_patch16_224.augreg2_in21k_ft_in1k) gets its page
+    tag = re.search(r'((?:vit|deit)\w*\.\w+?)(?:\.(?:safetensors|pth|bin)|/|$)', path)
+    page = (f' This one: https://huggingface.co/timm/{tag.group(1)} (model.safetensors).'
+            if tag else '')
+    return FileNotFoundError(f'ViT weights not found: {key} = {path!r}.{page} {WHERE_PUBLISHED} '
                              'Other formats: convert with tools/model_converters/vit.py.')
 
 
