@@ -8,7 +8,8 @@ OpenMMLab default runtimes) of the latest run that trained. Per epoch:
 - train loss: the epoch's mean loss, from ``loss_epoch`` when the config logs it
   (``log_processor.custom_cfg`` with ``window_size='epoch'``, as ovkit's configs do), else the
   mean of the logged ``loss`` values of that epoch (each a mean over the logging window);
-- val loss: ``val/loss`` (ovkit's ``OVKitValLoss`` metric; mmpretrain logs none by itself);
+- val loss: ``val/cross_entropy`` (ovkit's ``OVKitValLoss`` metric; mmpretrain logs no val
+  loss by itself), or any ``val/loss`` a config logs;
 - val accuracy: ``accuracy/top1`` (or ``--metric``).
 
 Several work dirs are overlaid, one colour per run.
@@ -63,8 +64,10 @@ def read_curves(path: str, metric: str = 'accuracy/top1') -> Dict[str, Dict[int,
                     train_epoch_mean[entry['epoch']] = entry['loss_epoch']
             else:  # validation: logged once per epoch, step = epoch
                 epoch = entry.get('step')
-                if 'val/loss' in entry:
-                    val_loss[epoch] = entry['val/loss']
+                for key in ('val/cross_entropy', 'val/loss'):
+                    if key in entry:
+                        val_loss[epoch] = entry[key]
+                        break
                 if metric in entry:
                     val_metric[epoch] = entry[metric]
     train_loss = {e: train_epoch_mean.get(e, sum(v) / len(v)) for e, v in train.items()}

@@ -181,7 +181,7 @@ class OVKitViT(BaseModule):
         with_cp: gradient checkpointing per block (saves memory, costs a recompute).
         pretrained: local weights file (timm .pth/.safetensors, JAX .npz, mmpretrain or ovkit
             checkpoint) loaded by ``init_weights``; heads are dropped, ``pos_embed`` resampled.
-        init_cfg: mmengine init config; None uses timm's initialisation.
+        init_cfg: mmengine init config, applied after timm's initialisation.
     """
 
     def __init__(self,
@@ -287,19 +287,18 @@ class OVKitViT(BaseModule):
 
     # ----------------------------------------------------------------- weights
     def init_weights(self):
-        """timm's initialisation (or the mmengine ``init_cfg``), then ``pretrained`` if set."""
+        """timm's initialisation, then the mmengine ``init_cfg`` and ``pretrained`` if set."""
+        trunc_normal_(self.pos_embed, std=.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        if self.dist_token is not None:
+            trunc_normal_(self.dist_token, std=.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                nn.init.zeros_(m.bias)
         if self.init_cfg is not None:
             super().init_weights()
-        else:
-            trunc_normal_(self.pos_embed, std=.02)
-            if self.cls_token is not None:
-                nn.init.normal_(self.cls_token, std=1e-6)
-            if self.dist_token is not None:
-                trunc_normal_(self.dist_token, std=.02)
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    trunc_normal_(m.weight, std=.02)
-                    nn.init.zeros_(m.bias)
         if self.pretrained:
             from .weights import load_backbone_weights
             load_backbone_weights(self, self.pretrained, key='model.backbone.pretrained')

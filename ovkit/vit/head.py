@@ -47,8 +47,7 @@ class OVKitViTClsHead(ClsHead):
         self.head_dist = nn.Linear(in_channels, num_classes) if distilled else None
 
     def init_weights(self):
-        if self.init_cfg is not None:
-            return super().init_weights()
+        """Truncated normal (timm) or zeros (JAX) weights, zero bias; then ``init_cfg``."""
         for fc in (self.head, self.head_dist):
             if fc is None:
                 continue
@@ -57,6 +56,8 @@ class OVKitViTClsHead(ClsHead):
             else:
                 nn.init.zeros_(fc.weight)
             nn.init.zeros_(fc.bias)
+        if self.init_cfg is not None:
+            super().init_weights()
 
     def pre_logits(self, feats: Tuple) -> torch.Tensor:
         """The last backbone output; distilled: the mean of the two tokens (timm)."""

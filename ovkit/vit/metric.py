@@ -5,8 +5,10 @@ curve has nothing to read. The predictions already carry the softmax scores, so 
 cross-entropy needs no second forward pass: ``-log p(true class)``, averaged over samples
 (collected from every process by mmengine before averaging, so each image counts once).
 Add it next to the accuracy: ``val_evaluator = [dict(type='Accuracy'),
-dict(type='OVKitValLoss')]``; it is logged as ``loss`` of the ``val`` step (plain
-cross-entropy, without the training loss's label smoothing or mixup).
+dict(type='OVKitValLoss')]``; it is logged as ``val/cross_entropy`` (plain cross-entropy,
+without the training loss's label smoothing or mixup). The name avoids "loss" on purpose:
+mmengine's LogProcessor averages every key matching ``.*loss.*`` over its last 10 values, which
+for a once-per-epoch metric would print the mean of the last 10 epochs instead of this one.
 """
 from typing import Optional, Sequence
 
@@ -38,4 +40,4 @@ class OVKitValLoss(BaseMetric):
             self.results.append(-torch.log(score[label].clamp_min(self.eps)).item())
 
     def compute_metrics(self, results: list) -> dict:
-        return {'loss': sum(results) / max(len(results), 1)}
+        return {'cross_entropy': sum(results) / max(len(results), 1)}

@@ -22,7 +22,8 @@ def write_run(work_dir, stamp, train, val, epoch_mean=False):
                 entry['loss_epoch'] = sum(seen) / len(seen)
             lines.append(entry)
         if epoch <= len(val):
-            lines.append({'accuracy/top1': val[epoch - 1][1], 'val/loss': val[epoch - 1][0],
+            lines.append({'accuracy/top1': val[epoch - 1][1],
+                          'val/cross_entropy': val[epoch - 1][0],
                           'data_time': .01, 'time': .02, 'step': epoch})
     (d / 'scalars.json').write_text('\n'.join(json.dumps(x) for x in lines) + '\n')
     return d / 'scalars.json'

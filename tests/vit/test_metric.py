@@ -18,11 +18,11 @@ def test_val_loss_is_mean_cross_entropy():
         metric.process(None, samples)
     result = metric.evaluate(size=10)
     expected = F.cross_entropy(logits, labels).item()  # per-sample mean, not per-batch
-    assert abs(result['val/loss'] - expected) < 1e-5
+    assert abs(result['val/cross_entropy'] - expected) < 1e-5
 
 
 def test_confident_mistake_stays_finite():
     metric = OVKitValLoss()
     metric.process(None, [DataSample().set_pred_score(torch.tensor([1., 0.]))
                           .set_gt_label(1).to_dict()])
-    assert metric.compute_metrics(metric.results)['loss'] == torch.tensor(1e-12).log().neg().item()
+    assert metric.compute_metrics(metric.results)['cross_entropy'] == torch.tensor(1e-12).log().neg().item()
