@@ -89,8 +89,11 @@ def _draw(path, sample, classes, show_dir):
     mkdir_or_exist(show_dir)
     image = mmcv.imread(path, channel_order='rgb')
     out = osp.join(show_dir, osp.splitext(osp.basename(path))[0] + '_pred.png')
-    UniversalVisualizer().visualize_cls(image, sample, classes=classes, draw_gt=False,
-                                        draw_pred=True, draw_score=True, out_file=out)
+    # small images are enlarged so that the label text stays readable
+    resize = 256 if min(image.shape[:2]) < 256 else None
+    UniversalVisualizer().visualize_cls(image, sample, classes=classes, resize=resize,
+                                        draw_gt=False, draw_pred=True, draw_score=True,
+                                        out_file=out)
 
 
 def main(argv=None):
