@@ -49,6 +49,21 @@ def test_family_reduced_depth(family, fused):
     assert len(ours.state_dict()) == len(ref.state_dict())
 
 
+@pytest.mark.parametrize('name,arch,patch', [
+    ('vit_tiny_patch16_224', 'tiny', 16), ('vit_small_patch16_224', 'small', 16),
+    ('vit_base_patch16_224', 'base', 16), ('vit_base_patch32_224', 'base', 32),
+    ('vit_large_patch16_224', 'large', 16), ('vit_large_patch32_224', 'large', 32),
+    ('vit_huge_patch14_224', 'huge', 14)])
+def test_full_size_state_dicts_match_timm(name, arch, patch):
+    """Every variant at full size: the same keys and shapes as timm's (meta tensors: no memory)."""
+    from ovkit.vit import OVKitViT
+    with torch.device('meta'):
+        ref = timm.create_model(name, pretrained=False, num_classes=1000)
+        ours = OVKitViT(arch=arch, patch_size=patch)
+    expected = {k: v.shape for k, v in ref.state_dict().items() if not k.startswith('head.')}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == expected
+
+
 @pytest.mark.e2e
 def test_base16_full_size():
     """The whole ViT-B/16 (152 tensors, 86.6M parameters) loads as is and matches."""
