@@ -1,7 +1,7 @@
-# The ImageFolder config vit-base-p16_augreg-ft-10e_imagefolder.py, trained from scratch on the shapes ImageFolder (8 classes from
-# the folder, 32 px): a nano ViT (96 wide, 4 blocks, 3 heads, 4-pixel patches: 64 tokens) that
-# CI trains on 2 CPU processes in a few minutes. Data: python tools/data/make_shapes.py
-# --out data/shapes --kinds imagefolder
+# The image-folder config (vit-base-p16_augreg-ft-10e_imagefolder.py) on the shapes ImageFolder:
+# 8 classes read from the folder, 32 px, a nano ViT from scratch (96 wide, 4 blocks, 3 heads,
+# 4-pixel patches: 64 tokens) that CI trains on 2 CPU processes in a few minutes. Data:
+#   python tools/data/make_shapes.py --out data/shapes --kinds imagefolder
 _base_ = ['./vit-base-p16_augreg-ft-10e_imagefolder.py']
 from ovkit.vit.presets import folder_classes, pretrained_norm  # noqa: E402
 

@@ -7,8 +7,13 @@ from .backbone import ARCHS, OUT_TYPES, OVKitViT, vit_flops
 from .head import OVKitViTClsHead
 from .metric import OVKitValLoss
 from .pos_embed import resample_abs_pos_embed
-from .weights import (WHERE_PUBLISHED, WeightsError, load_backbone_weights,
-                      load_timm_state_dict, timm_to_ovkit)
+from .weights import (
+                      WHERE_PUBLISHED,
+                      WeightsError,
+                      load_backbone_weights,
+                      load_timm_state_dict,
+                      timm_to_ovkit,
+)
 
 __all__ = [
     'ARCHS', 'OUT_TYPES', 'OVKitValLoss', 'OVKitViT', 'OVKitViTClsHead', 'WHERE_PUBLISHED',

@@ -34,8 +34,9 @@ def ovkit_classifier(num_classes, mean=(127.5, ) * 3, std=(127.5, ) * 3, head=No
 
     ``init=False`` skips the weight init (the caller loads a state dict anyway).
     """
-    import ovkit.vit  # noqa: F401  (registers)
     from mmpretrain.registry import MODELS
+
+    import ovkit.vit  # noqa: F401  (registers)
     distilled = backbone.get('distilled', False)
     cfg = dict(
         type='ImageClassifier',

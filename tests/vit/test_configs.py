@@ -15,9 +15,10 @@ FOLDER_CFG = osp.join(REPO, 'configs', 'vit', 'vit-base-p16_augreg-ft-10e_imagef
 
 
 def build(cfg):
-    import ovkit.vit  # noqa: F401
     from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
+
+    import ovkit.vit  # noqa: F401
     model_cfg = dict(cfg.model)
     model_cfg.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
     with DefaultScope.overwrite_default_scope('mmpretrain'), torch.device('meta'):
@@ -63,8 +64,9 @@ def test_folder_config_takes_classes_from_data_root(tmp_path, monkeypatch):
     assert cfg.model.backbone.pretrained.endswith(
         'vit_base_patch16_224.augreg2_in21k_ft_in1k/model.safetensors')
     # the dataset mmpretrain builds agrees with the head
-    import ovkit.vit  # noqa: F401
     from mmpretrain.registry import DATASETS
+
+    import ovkit.vit  # noqa: F401
     ds = DATASETS.build(dict(cfg.val_dataloader.dataset, pipeline=[]))
     assert ds.metainfo['classes'] == cfg.classes and len(ds) == 6
     assert sorted({ds.get_data_info(i)['gt_label'] for i in range(6)}) == [0, 1, 2]
@@ -86,9 +88,10 @@ def test_missing_pretrained_file_names_config_key(tmp_path, monkeypatch):
                                         'augreg2_in21k_ft_in1k' / 'model.safetensors')
     cfg.model.backbone.arch = dict(embed_dim=32, depth=1, num_heads=2)  # small: init is slow
     cfg.model.head.in_channels = 32
-    import ovkit.vit  # noqa: F401
     from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
+
+    import ovkit.vit  # noqa: F401
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(cfg.model)
     with pytest.raises(FileNotFoundError) as e:

@@ -85,6 +85,7 @@ def test_predict_names_the_class_with_the_test_pipeline(trained, workspace):
 
     # the probabilities are those of the test dataloader's path (tools/test.py), to 1e-6
     from mmengine.runner import Runner
+
     from ovkit.vit.predict import load_classifier, predict
     model, cfg, classes = load_classifier(CONFIG, ckpt)
     assert classes == ('circle', 'cross', 'diamond', 'hexagon', 'ring', 'square', 'star',

@@ -29,9 +29,9 @@ VARIANTS = {  # name -> (timm model, ovkit arch, patch)
 def build_pair(variant, img_size, num_classes, device, quick):
     """timm's model and ovkit's classifier holding the same weights."""
     import timm
+    from mmpretrain.registry import MODELS
 
     import ovkit.vit  # noqa: F401  (registers OVKitViT)
-    from mmpretrain.registry import MODELS
     from ovkit.vit import timm_to_ovkit
     if quick:
         from timm.models.vision_transformer import VisionTransformer
