@@ -163,13 +163,13 @@ def test_classifier_learns_a_separable_task():
 
 
 def test_frame_backbone_in_mmaction2_recognizer():
-    """`backbone=dict(type='mmpretrain.OVKitViT')` inside an mmaction2 Recognizer2D config."""
+    """`backbone=dict(type='mmpretrain.OVKitViT')` inside an mmaction2 Recognizer2D config.
+
+    ovkit is imported (top of this module) before mmaction: ovkit.compat fixes its wheel.
+    """
     from mmaction.registry import MODELS as ACTION_MODELS
     from mmaction.structures import ActionDataSample
     from mmengine.registry import DefaultScope
-
-    import ovkit  # noqa: F401  (first: ovkit.compat fixes the mmaction2 wheel)
-    import ovkit.vit  # noqa: F401
     cfg = dict(
         type='Recognizer2D',
         backbone=dict(type='mmpretrain.OVKitViT', arch=TINY, img_size=32, patch_size=8,
