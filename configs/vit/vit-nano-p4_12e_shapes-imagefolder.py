@@ -31,7 +31,7 @@ test_pipeline = [
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(
-    batch_size=16, num_workers=0, persistent_workers=False,
+    batch_size=8, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, classes=classes, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=16, num_workers=0, persistent_workers=False,
@@ -47,5 +47,6 @@ param_scheduler = [
          convert_to_iter_based=True),
 ]
 train_cfg = dict(max_epochs=max_epochs, val_interval=1)
-auto_scale_lr = dict(base_batch_size=32)  # 2 processes x 16
+auto_scale_lr = dict(base_batch_size=16)  # 2 processes x 8
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=max_epochs))
+randomness = dict(seed=0)

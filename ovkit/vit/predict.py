@@ -28,21 +28,27 @@ def load_classifier(config: str, checkpoint: str, device: str = 'cpu', cfg_optio
     """
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
+    from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
     for path, what in ((config, 'CONFIG'), (checkpoint, 'CKPT')):
         if not osp.isfile(path):
             raise FileNotFoundError(f'{what} {path!r} does not exist')
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    from mmpretrain.registry import MODELS
-    model = MODELS.build(cfg.model)
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
     classes = (meta.get('dataset_meta') or {}).get('classes')
     if classes is None:
         classes = cfg.get('test_dataloader', {}).get('dataset', {}).get('classes')
+    head = cfg.model.get('head') or {}
+    if head.get('num_classes', 0) is None and classes:
+        # an image-folder config read where the training folder is absent: the checkpoint
+        # knows the classes, so predicting needs no data
+        head['num_classes'] = len(classes)
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    from mmpretrain.registry import MODELS
+    model = MODELS.build(cfg.model)
+    _load_checkpoint_to_model(model, ckpt, strict=True)
     return model.to(device).eval(), cfg, (tuple(classes) if classes else None)
 
 
@@ -88,7 +94,9 @@ def _draw(path, sample, classes, show_dir):
     from mmpretrain.visualization import UniversalVisualizer
     mkdir_or_exist(show_dir)
     image = mmcv.imread(path, channel_order='rgb')
-    out = osp.join(show_dir, osp.splitext(osp.basename(path))[0] + '_pred.png')
+    # <class folder>_<name>: image folders repeat file names across classes (val/a/0.png...)
+    parent = osp.basename(osp.dirname(osp.abspath(path)))
+    out = osp.join(show_dir, f'{parent}_{osp.splitext(osp.basename(path))[0]}_pred.png')
     # small images are enlarged so that the label text stays readable
     resize = 256 if min(image.shape[:2]) < 256 else None
     UniversalVisualizer().visualize_cls(image, sample, classes=classes, resize=resize,

@@ -54,12 +54,18 @@ def test_two_process_training_learns_from_folder_classes(trained, workspace):
     assert val[-1]['accuracy/top1'] >= 5 * CHANCE  # chance is 12.5 %
 
 
-def test_test_py_prints_accuracy(trained, workspace):
+@pytest.fixture(scope='module')
+def test_accuracy(trained, workspace):
     work, _ = trained
     out = run_cmd([sys.executable, osp.join(REPO, 'tools', 'test.py'), CONFIG,
                    str(work / f'epoch_{EPOCHS}.pth'), '--work-dir', str(work / 'test')],
                   cwd=workspace)
-    acc = float(re.search(r'accuracy/top1: ([\d.]+)', out).group(1))
+    return float(re.search(r'accuracy/top1: ([\d.]+)', out).group(1)), out
+
+
+def test_test_py_prints_accuracy(test_accuracy):
+    acc, out = test_accuracy
+    print(f'tools/test.py shapes val accuracy: {acc}')
     assert acc >= 5 * CHANCE, out[-2000:]
 
 
@@ -72,30 +78,31 @@ def test_plot_curves_writes_png(trained, workspace):
     assert re.search(rf'^\s+{EPOCHS}\s+[\d.]+\s+[\d.]+\s+[\d.]+$', out, re.M), out
 
 
-def test_predict_names_the_class_with_the_test_pipeline(trained, workspace):
+def test_predict_names_the_classes_as_test_py_scores_them(trained, workspace, test_accuracy):
+    """predict.py on every val image: its top-1 hits the folder's class as often as tools/test.py
+    counts (the same pipeline), and its probabilities are the test dataloader's to 1e-6."""
     work, _ = trained
     ckpt = str(work / f'epoch_{EPOCHS}.pth')
-    val = workspace / 'data/shapes/imagefolder/val'
-    images = [str(val / c / '0000.png') for c in ('star', 'ring', 'triangle')]
+    images = sorted(glob.glob(str(workspace / 'data/shapes/imagefolder/val/*/*.png')))
     out = run_cmd([sys.executable, osp.join(REPO, 'tools', 'predict.py'), CONFIG, ckpt,
                    *images, '--topk', '3', '--show-dir', str(workspace / 'drawn')], cwd=workspace)
     tops = re.findall(r'^\s+1\. (\S+)\s+([\d.]+)$', out, re.M)
-    assert [name for name, _ in tops] == ['star', 'ring', 'triangle'], out
-    assert len(list((workspace / 'drawn').glob('*_pred.png'))) == 3
+    assert len(tops) == len(images) == 32, out[-2000:]
+    right = [name == osp.basename(osp.dirname(img)) for (name, _), img in zip(tops, images)]
+    assert 100 * sum(right) / len(right) == pytest.approx(test_accuracy[0], abs=1e-3)
+    assert len(list((workspace / 'drawn').glob('*_pred.png'))) == 32
 
-    # the probabilities are those of the test dataloader's path (tools/test.py), to 1e-6
     from mmengine.runner import Runner
 
     from ovkit.vit.predict import load_classifier, predict
-    model, cfg, classes = load_classifier(CONFIG, ckpt)
+    model, cfg, classes = load_classifier(CONFIG, ckpt)  # cwd has no data: classes from ckpt
     assert classes == ('circle', 'cross', 'diamond', 'hexagon', 'ring', 'square', 'star',
                        'triangle')
     ours = predict(model, cfg, images[:1], classes, topk=8)[0]['topk']
     cfg.test_dataloader.dataset.data_root = str(workspace / 'data/shapes/imagefolder')
     loader = Runner.build_dataloader(dict(cfg.test_dataloader, batch_size=1))
-    for batch in loader:
-        if batch['data_samples'][0].img_path == images[0]:
-            break
+    batch = next(iter(loader))  # the first val image in the dataset's order: images[0]
+    assert batch['data_samples'][0].img_path == images[0]
     with torch.no_grad():
         scores = model.test_step(batch)[0].pred_score
     for t in ours:
