@@ -4,7 +4,15 @@ import torch
 
 from ovkit.vit import OVKitViT, vit_flops
 
+from .common import single_thread
+
 TINY = dict(embed_dim=32, depth=3, num_heads=2)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    with single_thread():
+        yield
 
 
 def images(n=2, size=32):

@@ -9,9 +9,15 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from ovkit.vit import resample_abs_pos_embed, timm_to_ovkit
 
-from .common import FAMILIES, logits, ovkit_classifier, perturb, timm_fused
+from .common import FAMILIES, logits, ovkit_classifier, perturb, single_thread, timm_fused
 
 TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    with single_thread():
+        yield
 
 
 def images(n=2, size=224, seed=0):

@@ -9,10 +9,16 @@ from timm.models.vision_transformer import VisionTransformer
 from ovkit.vit import WHERE_PUBLISHED, OVKitViT, WeightsError, load_backbone_weights
 from ovkit.vit.convert import main as convert_main
 
-from .common import logits, ovkit_classifier, perturb, timm_fused
+from .common import logits, ovkit_classifier, perturb, single_thread, timm_fused
 
 DIM, HEADS, DEPTH = 64, 4, 2
 ARCH = dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    with single_thread():
+        yield
 
 
 def to_jax_arrays(sd, layout='orig', scanned=False):
