@@ -36,7 +36,7 @@ class Baron(TwoStageDetector):
     """
 
     def __init__(self, *args, clip_cfg=None, save_clip=False, vocabulary=None,
-                 prompt_templates='data/metadata/prompt_templates.txt', roi_head=None,
+                 prompt_templates='prompt_templates.txt', roi_head=None,
                  extra_test_classes=None, det_branch='det_batch', kd_branch='kd_batch',
                  **kwargs):
         if clip_cfg is None:
