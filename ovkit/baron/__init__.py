@@ -7,8 +7,12 @@
 import ovkit  # noqa: F401  (compat fixes first)
 
 from .bag_sampler import BagSampler
-from .bbox_head import (BaronBBoxHead, BaronConvFCBBoxHead, BaronShared2FCBBoxHead,
-                        BaronShared4Conv1FCBBoxHead)
+from .bbox_head import (
+                        BaronBBoxHead,
+                        BaronConvFCBBoxHead,
+                        BaronShared2FCBBoxHead,
+                        BaronShared4Conv1FCBBoxHead,
+)
 from .boxes_cache import BoxesCache
 from .detector import Baron
 from .kd import BaronKD, BoxPositionEmbedding, symmetric_info_nce

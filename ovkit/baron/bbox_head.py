@@ -34,6 +34,20 @@ __all__ = ['BaronBBoxHead', 'BaronConvFCBBoxHead', 'BaronShared2FCBBoxHead',
 _EXCLUDED_LOGIT = -1e4
 
 
+def first_existing(paths, key: str = 'cls_embeddings_path') -> str:
+    """The first existing file of a list of candidates (logged), e.g. DetPro's embeddings with
+    hand-crafted ones as the fallback; a clear error when none exists."""
+    for path in paths:
+        if isinstance(path, str) and osp.isfile(path):
+            if path != paths[0]:
+                print_log(f"{key}: '{paths[0]}' not found, using '{path}'", logger='current')
+            return path
+    raise FileNotFoundError(
+        f'{key}={list(paths)}: none of these files exists. Generate the hand-crafted one with '
+        '`python tools/data/gen_class_embeddings.py --classes <class names file> --out <path>` '
+        '(docs/baron.md), or give the path of the file you have.')
+
+
 def load_cls_embeddings(path, num_classes: Optional[int],
                         key: str = 'cls_embeddings_path') -> Tensor:
     """Class embeddings [num_classes, D] from ``cls_embeddings_path``, rows L2-normalised.
@@ -45,6 +59,8 @@ def load_cls_embeddings(path, num_classes: Optional[int],
     hint = ('Generate it with `python tools/data/gen_class_embeddings.py --classes '
             '<class names file> --out <path> [--layer 12 for use_attn12_output]` using the same '
             'class list (and order) as the dataset.')
+    if isinstance(path, (list, tuple)):
+        path = first_existing(path, key)
     if isinstance(path, (Tensor, np.ndarray)):
         array = path.detach().cpu().float().numpy() if isinstance(path, Tensor) else path
         path = '<embeddings given in memory>'
@@ -111,7 +127,8 @@ class BaronBBoxHead(BBoxHead):
 
     Args (BARON-specific; the rest are ``BBoxHead``'s):
         num_words, word_dim: pseudo words per region and their width (= CLIP ``text_width``).
-        cls_embeddings_path: ``.npy`` [num_classes, D]; D must match the text output used.
+        cls_embeddings_path: ``.npy`` [num_classes, D]; D must match the text output used. A
+            list of paths: the first existing one (e.g. DetPro's embeddings, then hand-crafted).
         bg_embedding: ``'zero'`` (fixed zero vector) or ``'learn'`` (Linear(1, D) on a constant
             1, L2-normalised); appended as the last class.
         cls_temp / test_cls_temp: logit temperature in training / evaluation (None: cls_temp).
@@ -175,6 +192,8 @@ class BaronBBoxHead(BBoxHead):
         self.use_attn12_output = text_layer == 12
         self.cls_temp = cls_temp
         self.test_cls_temp = cls_temp if test_cls_temp is None else test_cls_temp
+        if isinstance(cls_embeddings_path, (list, tuple)):
+            cls_embeddings_path = first_existing(cls_embeddings_path)
         # a printable name: embeddings may come in memory (Baron's vocabulary), not as a file
         self.cls_embeddings_path = cls_embeddings_path if isinstance(cls_embeddings_path, str) \
             else '<embeddings given in memory>'

@@ -46,22 +46,12 @@ TRAIN_DEFAULTS = dict(steps=1200, batch_size=128, lr=1e-3, weight_decay=0.1, war
 
 
 # ------------------------------------------------------------------------------------ data
-def _background(rng, size):
-    """Smooth random gradient plus noise (the look of the shapes detection images)."""
-    base = rng.integers(0, 90, size=3)
-    gy, gx = np.mgrid[0:size, 0:size] / size
-    direction = rng.uniform(-40, 40, size=(2, 3))
-    img = base + gy[..., None] * direction[0] + gx[..., None] * direction[1]
-    img = img + rng.normal(0, 6, size=(size, size, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 def _scene(rng, size, classes, palette_prob):
     """A detection-like scene of 1-3 non-overlapping shapes: (PIL image, [(cls, box)])."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
-    from ovkit.shapes import _PALETTE, draw_shape
-    img = Image.fromarray(_background(rng, size))
+    from ovkit.shapes.draw import PALETTE, background, draw_shape
+    img = background(rng, size)  # the look of the shapes detection images
     draw = ImageDraw.Draw(img)
     placed, objects = [], []
     for _ in range(int(rng.integers(1, 4))):
@@ -74,7 +64,7 @@ def _scene(rng, size, classes, palette_prob):
             continue
         cls = int(rng.integers(len(classes)))
         if rng.random() < palette_prob:
-            color = np.array(_PALETTE[cls % len(_PALETTE)]) + rng.integers(-25, 25, 3)
+            color = np.array(PALETTE[cls % len(PALETTE)]) + rng.integers(-25, 25, 3)
         else:
             color = rng.integers(40, 256, 3)
         color = tuple(int(c) for c in np.clip(color, 0, 255))
@@ -149,6 +139,7 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
     Every class of ``ovkit.shapes.SHAPE_CLASSES`` is in the captions, novel ones included.
     """
     from ovkit.shapes import SHAPE_CLASSES
+
     from .builder import _create_architecture
     from .model import CLIPModel
     from .prompts import format_prompt, load_prompt_templates
@@ -203,8 +194,8 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
 
 
 def _default_templates():
-    from .prompts import _REPO
-    return osp.join(_REPO, 'data', 'metadata', 'prompt_templates.txt')
+    from ovkit.metadata import metadata_path
+    return metadata_path('prompt_templates.txt')
 
 
 @torch.no_grad()
@@ -255,6 +246,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     from ovkit.shapes import NOVEL_CLASSES, SHAPE_CLASSES
+
     from .builder import build_clip
     from .prompts import load_prompt_templates
 

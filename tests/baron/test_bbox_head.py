@@ -10,8 +10,12 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
 
-from ovkit.baron.bbox_head import (BaronBBoxHead, BaronConvFCBBoxHead, BaronShared2FCBBoxHead,
-                                   BaronShared4Conv1FCBBoxHead)
+from ovkit.baron.bbox_head import (
+    BaronBBoxHead,
+    BaronConvFCBBoxHead,
+    BaronShared2FCBBoxHead,
+    BaronShared4Conv1FCBBoxHead,
+)
 from ovkit.clip import build_clip
 
 NUM_CLASSES, DIM, IN_CH = 5, 64, 8

@@ -31,10 +31,10 @@ def test_config_lists_come_from_the_metadata(name):
 
 def test_embedding_rows_must_match_the_class_list(tmp_path):
     """The head refuses an embeddings file made from another list (one class more)."""
+    from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
 
     import ovkit.baron  # noqa: F401
-    from mmdet.registry import MODELS
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'baron', 'coco.py'))
     head_cfg = cfg.model.roi_head.bbox_head
     init_default_scope('mmdet')

@@ -132,7 +132,8 @@ def test_open_vocabulary_classes_at_build_time(model_cfg):
 
 
 def test_missing_clip_checkpoint_names_key(model_cfg):
-    with pytest.raises(FileNotFoundError, match=r'model\.clip_cfg\.checkpoint.*nowhere/ViT-B-32\.pt'):
+    with pytest.raises(FileNotFoundError,
+                       match=r'model\.clip_cfg\.checkpoint.*nowhere/ViT-B-32\.pt'):
         _build(model_cfg, clip_cfg=dict(model_name='ViT-B-32', checkpoint='nowhere/ViT-B-32.pt'))
 
 
@@ -212,9 +213,9 @@ def test_two_source_dataloader_feeds_both_branches(model_cfg, shapes_workspace, 
     GroupMultiSourceSampler (2 + 2 images), MultiBranchDataPreprocessor."""
     import json
 
-    from mmengine.dataset import pseudo_collate
     from mmdet.registry import DATA_SAMPLERS, DATASETS
     from mmdet.utils import register_all_modules
+    from mmengine.dataset import pseudo_collate
     register_all_modules(init_default_scope=True)
     monkeypatch.chdir(shapes_workspace)
     root = 'data/shapes/coco/'
@@ -259,7 +260,7 @@ def test_extra_test_classes_are_encoded_like_the_class_embeddings(model_cfg):
     model = _build(model_cfg, extra_test_classes=['zebra', 'kite'])
     head = model.roi_head.bbox_head
     expected = build_class_embeddings(model.clip, ['zebra', 'kite'], load_prompt_templates(
-        'data/metadata/prompt_templates.txt'), layer=head.text_layer)
+        'prompt_templates.txt'), layer=head.text_layer)
     torch.testing.assert_close(head.extra_test_embeddings, expected)
     model.eval()
     images, samples = _inputs(model, n=1)

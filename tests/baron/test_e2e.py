@@ -88,9 +88,10 @@ def _random_embeddings(path, rows):
 
 def _build_full_config(name, tmp_path, monkeypatch, random_vit_b32, rows):
     from mmcv.transforms import Compose
-    from mmengine.config import Config
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
     import ovkit.baron  # noqa: F401
     register_all_modules(init_default_scope=True)
     monkeypatch.chdir(REPO)

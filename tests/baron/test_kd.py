@@ -474,7 +474,7 @@ def test_images_without_proposals():
 
 def test_instance_data_rpn_results():
     from mmengine.structures import InstanceData
-    kd, clip, head = make_kd(), FakeClip(), FakeRoIHead()
+    kd = make_kd()
     feats, rpn, inputs, metas = make_batch()
     as_instances = [InstanceData(bboxes=r[:, :4], scores=r[:, 4]) for r in rpn]
     a = run(copy.deepcopy(kd), FakeClip(), FakeRoIHead(), (feats, rpn, inputs, metas))

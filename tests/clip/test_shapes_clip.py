@@ -9,8 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from ovkit.clip import build_clip
-from ovkit.clip.shapes_clip import (_contrastive_loss, main, make_shape_crops,
-                                    train_shapes_clip, zero_shot_accuracy)
+from ovkit.clip.shapes_clip import (
+    _contrastive_loss,
+    main,
+    make_shape_crops,
+    train_shapes_clip,
+    zero_shot_accuracy,
+)
 from ovkit.shapes import NOVEL_CLASSES, SHAPE_CLASSES
 
 SMALL = ['--steps', '30', '--batch-size', '32', '--num-crops', '200', '--warmup', '5',

@@ -586,7 +586,6 @@ def step_reference(clip, roi_head, inputs, replay):
         seq_ids += [i + start for i in res.seq_ids]
         start += max(res.seq_ids) + 1
     seq_ids = torch.tensor(seq_ids, dtype=torch.float64, device=dev)  # ref: float32
-    normed_by_perm = [n.split(p, 0) for n, p in zip(normed, perms_split)]
     flat_split = [p for b in perms_split for p in b]
     word_seqs = words.split(flat_split, 0)
     word_masks = word_masks.split(flat_split, 0)
