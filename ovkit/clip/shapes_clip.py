@@ -22,8 +22,11 @@ Design choices (this is ovkit's own stand-in for web pre-training, not a publish
   texts cut after their longest caption, exact under the causal mask);
 * half of the shapes are drawn in their class colour of ``ovkit.shapes`` (as in the detection
   images), half in a random colour, so colour alone cannot name a shape;
-* captions repeat (8 classes x the templates), so every pair of the batch with the same class is
-  a positive of the symmetric InfoNCE (targets spread uniformly over them), not a negative.
+* 15% of the crops show no shape, captioned with "background" in the templates: real CLIP
+  knows what an empty wall looks like, and without it the tiny CLIP maps empty crops next to
+  the shapes (nearest to star and ring), which a distilled detector then learns;
+* captions repeat (9 concepts x the templates), so every pair of the batch with the same
+  concept is a positive of the symmetric InfoNCE (targets spread uniformly), not a negative.
 """
 import argparse
 import json
@@ -42,7 +45,11 @@ __all__ = ['make_shape_crops', 'train_shapes_clip', 'zero_shot_accuracy', 'main'
 
 # Training settings that define a cached checkpoint (the json stores them; a change retrains).
 TRAIN_DEFAULTS = dict(steps=1200, batch_size=128, lr=1e-3, weight_decay=0.1, warmup=100,
-                      num_crops=6000, image_size=64, palette_prob=0.5)
+                      num_crops=6000, image_size=64, palette_prob=0.5, background_frac=0.15)
+# The concept of crops without a shape (real CLIP knows "a photo of a wall" too); captions use
+# it like a class name. Not a detection class.
+BACKGROUND = 'background'
+
 
 
 # ------------------------------------------------------------------------------------ data
@@ -75,20 +82,30 @@ def _scene(rng, size, classes, palette_prob):
 
 
 def make_shape_crops(num: int, seed: int = 0, crop_size: int = 64, scene_size: int = 128,
-                     palette_prob: float = 0.5, classes: Optional[Sequence[str]] = None):
+                     palette_prob: float = 0.5, classes: Optional[Sequence[str]] = None,
+                     background_frac: float = 0.0):
     """``num`` crops centred on one shape each, as the bag teacher sees regions.
 
     A crop is the shape's box enlarged 1-2.5x (shifted by up to a quarter of its size, clipped to
-    the scene), so it may show parts of neighbouring shapes too. Returns uint8 images
-    [num, crop_size, crop_size, 3] (RGB) and class indices [num].
+    the scene), so it may show parts of neighbouring shapes too. A ``background_frac`` share of
+    the crops (the last ones) shows background only, labelled ``len(classes)``. Returns uint8
+    images [num, crop_size, crop_size, 3] (RGB) and class indices [num].
     """
     from PIL import Image
 
     from ovkit.shapes import SHAPE_CLASSES
+    from ovkit.shapes.draw import background
     classes = tuple(classes or SHAPE_CLASSES)
     rng = np.random.default_rng(seed)
     images = np.zeros((num, crop_size, crop_size, 3), np.uint8)
-    labels = np.zeros(num, np.int64)
+    labels = np.full(num, len(classes), np.int64)
+    num_bg = int(round(num * background_frac))
+    for k in range(num - num_bg, num):  # a window of an empty scene, as big as a bag may be
+        side = float(rng.uniform(0.15, 0.6)) * scene_size
+        x, y = (float(v) for v in rng.uniform(0, scene_size - side, size=2))
+        crop = background(rng, scene_size).crop((int(x), int(y), int(x + side), int(y + side)))
+        images[k] = np.asarray(crop.resize((crop_size, crop_size), Image.BILINEAR))
+    num -= num_bg
     k = 0
     while k < num:
         scene, objects = _scene(rng, scene_size, classes, palette_prob)
@@ -133,6 +150,7 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
                       num_crops: int = TRAIN_DEFAULTS['num_crops'],
                       image_size: int = TRAIN_DEFAULTS['image_size'],
                       palette_prob: float = TRAIN_DEFAULTS['palette_prob'],
+                      background_frac: float = TRAIN_DEFAULTS['background_frac'],
                       templates: Optional[Sequence[str]] = None, log=print):
     """Train the tiny CLIP; returns the open_clip ``CLIP`` module (trained, in eval mode).
 
@@ -150,15 +168,17 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
         raise ValueError(f"image_size={image_size} but the 'tiny' CLIP takes "
                          f'{model.visual.image_size[0]}-pixel crops.')
     images, labels = make_shape_crops(num_crops, seed=seed * 1000 + 1, crop_size=image_size,
-                                      palette_prob=palette_prob)
+                                      palette_prob=palette_prob,
+                                      background_frac=background_frac)
     # CLIPModel freezes what it wraps; here the weights are trained through its encoders
     clip = CLIPModel(model, model_name='tiny')
     model.requires_grad_(True)
     inputs = _to_clip_input(images, clip.image_mean, clip.image_std)
     labels = torch.from_numpy(labels)
     # every (class, template) caption, tokenized once
-    captions = clip.tokenize([format_prompt(t, c) for c in SHAPE_CLASSES for t in templates])
-    captions = captions.view(len(SHAPE_CLASSES), len(templates), -1)
+    concepts = tuple(SHAPE_CLASSES) + (BACKGROUND,)
+    captions = clip.tokenize([format_prompt(t, c) for c in concepts for t in templates])
+    captions = captions.view(len(concepts), len(templates), -1)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and 'embedding' not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2
@@ -235,8 +255,10 @@ def parse_args(argv=None):
     for key in ('steps', 'batch_size', 'num_crops', 'eval_crops', 'warmup'):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
-    if not 0 <= args.palette_prob <= 1:
-        parser.error(f'--palette-prob must lie in [0, 1], got {args.palette_prob}')
+    for key in ('palette_prob', 'background_frac'):
+        if not 0 <= getattr(args, key) <= 1:
+            parser.error(f"--{key.replace('_', '-')} must lie in [0, 1], got "
+                         f'{getattr(args, key)}')
     return args
 
 

@@ -24,7 +24,9 @@ def test_config_lists_come_from_the_metadata(name):
     head = cfg.model.roi_head.bbox_head
     assert head.num_classes == len(classes)
     if name != 'lvis.py':  # mmdet's LVISV1Dataset carries its own 1203-class metainfo
-        assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == tuple(classes)
+        dataset = cfg.train_dataloader.dataset
+        for source in dataset.get('datasets', [dataset]):  # detection + KD sources
+            assert tuple(source.metainfo.classes) == tuple(classes)
     if novel is not None:
         assert [classes[i] for i in head.novel_class_ids] == list(novel)
 
