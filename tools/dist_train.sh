@@ -2,10 +2,13 @@
 # tools/dist_train.sh CONFIG NPROC [train.py args]
 # torchrun launcher; NNODES, NODE_RANK, MASTER_ADDR, PORT respected; gloo where no GPU.
 set -euo pipefail
-if [ $# -lt 2 ]; then echo "usage: $0 CONFIG NPROC [train.py args]" >&2; exit 2; fi
+USAGE="usage: $0 CONFIG NPROC [train.py args]   (NPROC: processes on this machine, >= 1)"
+if [ $# -lt 2 ]; then echo "$USAGE" >&2; exit 2; fi
 CONFIG=$1
 NPROC=$2
 source "$(dirname "$0")/_launch_common.sh"
+check_launch_args "$CONFIG" "$NPROC"
+preflight train "$CONFIG" "${@:3}"
 exec "$PYTHON" -m torch.distributed.run \
   --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
   --nproc_per_node="$NPROC" --master_port="$PORT" \

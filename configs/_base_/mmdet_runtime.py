@@ -1,4 +1,10 @@
 # mmdet's own runtime (default_scope 'mmdet', hooks, visualiser, logging) plus ovkit's compat
 # fixes: with no GPU, multi-process runs use gloo and CPU DDP (ovkit.compat.distributed).
 _base_ = 'mmdet::_base_/default_runtime.py'
-custom_imports = dict(imports=['ovkit'], allow_failed_imports=False)
+# ovkit.engine (issue 8): corrupt or missing samples skipped and counted (the run stops past 1%),
+# a NaN/inf loss stops training naming the iteration and term. Opt out per config with
+# default_hooks = dict(bad_samples=None) / dict(nonfinite_loss=None).
+custom_imports = dict(imports=['ovkit', 'ovkit.engine'], allow_failed_imports=False)
+default_hooks = dict(
+    bad_samples=dict(type='SkipBadSamplesHook', max_skip_ratio=0.01),
+    nonfinite_loss=dict(type='NonFiniteLossHook'))
