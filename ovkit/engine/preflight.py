@@ -314,17 +314,26 @@ def _join(root, path):
     return osp.join(root, path)
 
 
-def _default_classes(dataset_cfg, scope):
-    """The dataset class's own ``METAINFO['classes']`` when the config sets none."""
+def _dataset_class(dataset_cfg, scope):
+    """The registered class of a dataset config, or None when it cannot be resolved."""
     try:
         from mmengine.registry import DATASETS, DefaultScope
         dtype = dataset_cfg.get('type')
         if isinstance(dtype, str):
             with DefaultScope.overwrite_default_scope(scope):
-                dtype = DATASETS.get(dtype)
-        return tuple(dtype.METAINFO['classes'])
+                with DATASETS.switch_scope_and_registry(scope) as registry:
+                    dtype = registry.get(dtype)
+        return dtype if isinstance(dtype, type) else None
     except Exception:
         return None
+
+
+def _is_coco_dataset(cls):
+    try:
+        from mmdet.datasets import CocoDataset
+    except ImportError:
+        return False
+    return cls is not None and issubclass(cls, CocoDataset)
 
 
 class _Checker:
@@ -334,7 +343,8 @@ class _Checker:
         self.cfg = cfg
         self.config_file = config_file
         self.problems = []
-        self.seen = {}  # absolute path -> key that reported it (one problem per file)
+        self.seen = {}  # absolute path -> usable? (one problem per file)
+        self.missing = []  # absolute folders reported missing: what is under them is too
         self.checked = 0
 
     def add(self, key, path, what, fix):
@@ -351,12 +361,16 @@ class _Checker:
         absolute = osp.abspath(path)
         if absolute in self.seen:
             return self.seen[absolute]
+        if any(absolute.startswith(folder + os.sep) for folder in self.missing):
+            return False  # its folder is already reported missing: one message is enough
         self.checked += 1
         what = check_input(path, kind, node, rows)
         if what is None and validate is not None:
             what = validate(path, node, self.cfg)
         if what is not None:
             self.add(key, path, what, fix or _fix_for(path, self.override_fix(key)))
+            if not osp.exists(path):
+                self.missing.append(absolute)
         self.seen[absolute] = what is None
         return what is None
 
@@ -388,9 +402,15 @@ class _Checker:
             if not self.path(f'{key}.ann_file', full, kind) or kind != 'json':
                 continue
             data, _ = sanity.load_json(full)
+            cls = _dataset_class(ds, scope)
             if not sanity.is_coco_format(data):
+                if _is_coco_dataset(cls):
+                    self.add(f'{key}.ann_file', full, f'not a COCO annotation file ({cls.__name__} '
+                             'needs a JSON object with "images", "annotations" and "categories" '
+                             'lists)', _fix_for(full, 'pass the COCO-format annotation file'))
                 continue
-            classes = (ds.get('metainfo') or {}).get('classes') or _default_classes(ds, scope)
+            classes = (ds.get('metainfo') or {}).get('classes') or getattr(
+                cls, 'METAINFO', {}).get('classes')
             train_set = training and not ds.get('test_mode', False)
             report = sanity.check_coco(data, full, classes, training=train_set)
             fix = _fix_for(full, 'repair the file or regenerate it with the tool that wrote it')

@@ -230,7 +230,9 @@ class SkipBadSamplesHook(Hook):
         items = [r for recs in records for r in _split(recs)]
         self._epoch_drawn += len(records) + len(items)
         self._epoch_skipped += len(items)
-        self._epoch_records += items[:max(0, self.log_names - len(self._epoch_records))]
+        for item in items:  # the first few distinct files (one may fail each time it is drawn)
+            if item not in self._epoch_records and len(self._epoch_records) < self.log_names:
+                self._epoch_records.append(item)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         loop = runner.train_loop
@@ -254,7 +256,7 @@ class SkipBadSamplesHook(Hook):
         parts = all_gather_object(local) if world > 1 else [local]
         drawn = sum(p[0] for p in parts)
         skipped = sum(p[1] for p in parts)
-        names = [n for p in parts for n in p[2]][:self.log_names]
+        names = list(dict.fromkeys(n for p in parts for n in p[2]))[:self.log_names]
         total_drawn, total_skipped = self.total_drawn + drawn, self.total_skipped + skipped
         ratio = total_skipped / total_drawn if total_drawn else 0.0
         if total_skipped and ratio > self.max_skip_ratio and (
