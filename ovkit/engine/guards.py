@@ -118,6 +118,8 @@ class NonFiniteLossHook(Hook):
                 continue
             if not finite:
                 bad[name] = shown
+        if 'loss' in bad:  # the terms first, the total (their sum) last
+            bad['loss'] = bad.pop('loss')
         return bad
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
@@ -143,8 +145,8 @@ class NonFiniteLossHook(Hook):
             f'training stopped at iteration {runner.iter + 1}: the loss is not finite ({terms})'
             f'{where}; no checkpoint was written after it. Usual causes: a learning rate too '
             'high for the batch size, NaN/inf in the inputs or in loaded arrays, fp16 overflow '
-            '(try --amp off or a loss scale). To train on anyway, set '
-            'default_hooks.nonfinite_loss=None in the config.')
+            'under --amp (train without it, or with a dynamic loss scale). To train on anyway, '
+            'set default_hooks.nonfinite_loss=None in the config.')
 
 
 # --------------------------------------------------------------------------- checkpoints
