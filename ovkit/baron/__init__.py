@@ -6,11 +6,11 @@ and ``OVCocoAP50Metric`` in mmdet's registries.
 """
 import ovkit  # noqa: F401  (compat fixes first)
 
+from . import inputs  # noqa: F401  (files the preflight checks; registers ovkit.engine)
 from .bag_sampler import BagSampler
 from .bbox_head import (BaronBBoxHead, BaronConvFCBBoxHead, BaronShared2FCBBoxHead,
                         BaronShared4Conv1FCBBoxHead)
 from .detector import Baron
-from . import inputs  # noqa: F401  (files the preflight checks; registers ovkit.engine)
 from .kd import BaronKD, BoxPositionEmbedding, symmetric_info_nce
 from .metric import OVCocoAP50Metric
 from .queues import FeatureQueue

@@ -12,9 +12,16 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
 from ovkit.engine import errors
-from ovkit.engine.guards import (CheckpointFitHook, CheckpointMismatchError, NonFiniteArrayError,
-                                 NonFiniteLossError, NonFiniteLossHook, check_finite,
-                                 checkpoint_fit_problem, non_finite_rows)
+from ovkit.engine.guards import (
+    CheckpointFitHook,
+    CheckpointMismatchError,
+    NonFiniteArrayError,
+    NonFiniteLossError,
+    NonFiniteLossHook,
+    check_finite,
+    checkpoint_fit_problem,
+    non_finite_rows,
+)
 from tests.conftest import REPO
 
 FRCNN = osp.join(REPO, 'configs', 'shapes', 'faster_rcnn_tiny.py')
