@@ -130,7 +130,7 @@ def workspace(tmp_path_factory):
         model.init_weights()
     assert model.roi_head.bbox_head.num_classes == 8
     ckpt = ws / 'baron_shapes_random.pth'
-    save_checkpoint(dict(meta=dict(dataset_meta=dict(classes=cfg.classes)),
+    save_checkpoint(dict(meta=dict(dataset_meta=dict(classes=cfg.metainfo.classes)),
                          state_dict=model.state_dict()), str(ckpt))
     return ws, ckpt
 
