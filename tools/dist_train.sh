@@ -9,7 +9,8 @@ NPROC=$2
 source "$(dirname "$0")/_launch_common.sh"
 check_launch_args "$CONFIG" "$NPROC"
 preflight train "$CONFIG" "${@:3}"
-exec "$PYTHON" -m torch.distributed.run \
+# torchrun (ovkit.tools.torchrun: without its report when a worker stopped on a user error)
+exec "$PYTHON" -m ovkit.tools.torchrun \
   --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
   --nproc_per_node="$NPROC" --master_port="$PORT" \
   "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "${@:3}"
