@@ -174,3 +174,15 @@ def test_user_errors_print_one_line_once(capsys, monkeypatch):
     with pytest.raises(SystemExit), errors.exit_on_user_error():
         raise wrapped
     assert capsys.readouterr().err == 'error: 50 samples failed\n'
+
+
+def test_nan_clip_weights_refused_at_load(tmp_path):
+    from ovkit.clip import build_clip
+    clip = build_clip(dict(model_name='tiny', seed=0))
+    state = clip.model.state_dict()
+    state['token_embedding.weight'][7, 3] = float('nan')
+    torch.save(state, tmp_path / 'clip.pth')
+    with pytest.raises(NonFiniteArrayError, match=r"model\.clip_cfg\.checkpoint='.*clip\.pth' "
+                       r'holds NaN/inf in 1 tensors \(token_embedding\.weight\)'):
+        build_clip(dict(model_name='tiny', checkpoint=str(tmp_path / 'clip.pth')),
+                   cfg_key='model.clip_cfg')
