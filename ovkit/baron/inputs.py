@@ -38,9 +38,8 @@ def embedding_width(path, head, cfg):
     dim = np.load(path, mmap_mode='r').shape[1]
     if dim != width:
         which = f'text width (text_layer={layer})' if layer is not None else 'embed_dim'
-        return (f'has {dim}-d rows but CLIP {name} gives {width}-d region embeddings ({which}); '
-                'generate it with the same CLIP: gen_class_embeddings.py --model-name '
-                f'{name}' + (f' --layer {layer}' if layer is not None else ''))
+        return (f'has {dim}-d rows but CLIP {name} gives {width}-d region embeddings ({which}): '
+                'the file was made with another CLIP')
     return None
 
 
