@@ -131,7 +131,7 @@ def check_coco(data, path, classes=None, training=True):
                                 f'of this file, so they get no boxes: {_examples(missing)}')
         wanted_ids = {i for i, n in cat_names.items() if n in set(classes)}
 
-    img_size, bad_imgs = {}, []
+    img_size, img_name, bad_imgs = {}, {}, []
     for img in images:
         if not isinstance(img, dict) or 'id' not in img:
             bad_imgs.append('an entry without "id"')
@@ -141,6 +141,7 @@ def check_coco(data, path, classes=None, training=True):
             bad_imgs.append(f"image {img['id']} ({img.get('file_name', '?')}) has no valid "
                             'width/height')
         img_size[img['id']] = (w, h)
+        img_name[img['id']] = img.get('file_name') or f"image {img['id']}"
     if bad_imgs:
         rep.errors.append(f'{len(bad_imgs)} images cannot be read by mmdet: '
                           f'{_examples(bad_imgs)}')
@@ -154,7 +155,7 @@ def check_coco(data, path, classes=None, training=True):
             continue
         aid, iid = ann.get('id'), ann.get('image_id')
         ids[aid] += 1
-        where = f"ann {aid} of image {iid}"
+        where = f'ann {aid} in {img_name.get(iid, f"image {iid}")}'
         box = ann.get('bbox')
         if not isinstance(box, (list, tuple)) or len(box) != 4:
             kinds['malformed'].append(f'{where}: bbox={box!r}'[:80])
@@ -211,8 +212,9 @@ def check_coco(data, path, classes=None, training=True):
             rep.warnings.append(f'{len(kinds[kind])} {text}, dropped: {_examples(kinds[kind])}')
     rep.lost_all_boxes = sorted(had_box - kept_box, key=str)
     if rep.lost_all_boxes:
-        rep.warnings.append(f'{len(rep.lost_all_boxes)} images lost every box to the problems '
-                            f'above (image ids {_examples(rep.lost_all_boxes)})')
+        names = [img_name[i] for i in rep.lost_all_boxes]
+        rep.warnings.append(f'{len(names)} images lost every box to the problems above '
+                            f'({_examples(names)})')
     if training and images and cats and not any('class names' in e for e in rep.errors):
         if not anns:
             rep.errors.append('the file has no annotations: nothing to train on')
