@@ -175,11 +175,18 @@ def _patch_mmengine_dist_for_cpu():
     original_init = dist_utils._init_dist_pytorch
 
     def _init_dist_pytorch(backend, init_backend='torch', **kwargs):
+        # Workers die with their launcher and destroy their process groups at exit (the
+        # gloo exit abort): see ovkit.engine.process.
+        from ovkit.engine import process
+        process.before_init_process_group()
         if torch.cuda.is_available() or init_backend != 'torch' or _other_accelerator():
-            return original_init(backend, init_backend=init_backend, **kwargs)
-        if backend != 'gloo':
-            warnings.warn(f'ovkit: no CUDA device, using the gloo backend instead of {backend}')
-        torch_dist.init_process_group(backend='gloo', **kwargs)
+            original_init(backend, init_backend=init_backend, **kwargs)
+        else:
+            if backend != 'gloo':
+                warnings.warn(
+                    f'ovkit: no CUDA device, using the gloo backend instead of {backend}')
+            torch_dist.init_process_group(backend='gloo', **kwargs)
+        process.after_init_process_group()
 
     _init_dist_pytorch._ovkit = True
     dist_utils._init_dist_pytorch = _init_dist_pytorch

@@ -16,6 +16,10 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from ovkit.engine import process
+from ovkit.engine.checkpoint import (CheckpointError, check_last_checkpoint,
+                                     check_resume_checkpoint)
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model')
@@ -77,17 +81,24 @@ def build_cfg(args):
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
+        check_last_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         if '://' not in args.resume and not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint file')
+        check_resume_checkpoint(args.resume)
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg
 
 
 def main(argv=None):
+    if process.is_launched_worker():
+        process.set_parent_death_signal()  # a killed launcher takes its workers along
     args = parse_args(argv)
-    cfg = build_cfg(args)
+    try:
+        cfg = build_cfg(args)
+    except CheckpointError as exc:
+        raise SystemExit(f'error: {exc}')
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)
     else:

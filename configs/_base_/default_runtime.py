@@ -1,13 +1,17 @@
 # mmdet-style runtime shared by ovkit's detection configs.
 default_scope = 'mmdet'
-custom_imports = dict(imports=['ovkit'], allow_failed_imports=False)
+# ovkit.engine: ExactResumeHook and AtomicCheckpointHook (issue 8).
+custom_imports = dict(imports=['ovkit', 'ovkit.engine'], allow_failed_imports=False)
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1),
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    # RNG state, data position and non-persistent buffers per rank in every checkpoint, so a
+    # resumed run continues bit-identically (ovkit.engine.resume).
+    exact_resume=dict(type='ExactResumeHook'),
     visualization=dict(type='DetVisualizationHook'))
 
 env_cfg = dict(
