@@ -4,7 +4,6 @@ import os
 import os.path as osp
 import random
 import shutil
-import uuid
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import ovkit  # noqa: F401  (compat: weights-only loading of mmengine checkpoint
 from ovkit.engine.resume import (RESUME_KEY, _SkipFirstBatches, get_rng_state,
                                  load_non_persistent_buffers, non_persistent_buffers,
                                  set_rng_state)
-from tests.engine.toy import toy_config
+from tests.engine.toy import run_toy
 
 
 @pytest.fixture(autouse=True)
@@ -23,19 +22,6 @@ def _restore_determinism():
     before = torch.are_deterministic_algorithms_enabled()
     yield
     torch.use_deterministic_algorithms(before)
-
-
-def run_toy(work_dir, resume_from=None, **kwargs):
-    """Train the toy in this process; returns the final model state dict."""
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-    cfg = Config(toy_config(work_dir, **kwargs))
-    cfg.experiment_name = f'toy_{uuid.uuid4().hex[:8]}'
-    if resume_from is not None:
-        cfg.resume, cfg.load_from = True, resume_from
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    return {k: v.clone() for k, v in runner.model.state_dict().items()}
 
 
 def continue_from(ckpt, work_dir, **kwargs):

@@ -161,3 +161,37 @@ def toy_config(work_dir, max_iters=12, loop='iter', checkpoint=None, val_interva
         env_cfg=dict(dist_cfg=dict(backend='gloo')),
         log_level='WARNING',
     )
+
+
+def run_toy(work_dir, resume_from=None, hooks=(), **kwargs):
+    """Train the toy in this process; returns the final model state dict.
+
+    Args:
+        work_dir: the run's work dir.
+        resume_from: checkpoint to resume from; 'auto' resumes from ``last_checkpoint``.
+        hooks: extra hook objects to register.
+        **kwargs: passed to :func:`toy_config`.
+    """
+    import uuid
+
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    from mmengine.utils import import_modules_from_strings
+    cfg = Config(toy_config(work_dir, **kwargs))
+    import_modules_from_strings(**cfg.custom_imports)  # what Config.fromfile would do
+    cfg.experiment_name = f'toy_{uuid.uuid4().hex[:8]}'
+    if resume_from is not None:
+        cfg.resume = True
+        cfg.load_from = None if resume_from == 'auto' else resume_from
+    runner = Runner.from_cfg(cfg)
+    for hook in hooks:
+        runner.register_hook(hook, priority='LOWEST')
+    runner.train()
+    return {k: v.clone() for k, v in runner.model.state_dict().items()}
+
+
+def dump_toy_config(path, **kwargs):
+    """Write :func:`toy_config` to ``path`` for the command-line tools."""
+    from mmengine.config import Config
+    Config(toy_config(**kwargs)).dump(str(path))
+    return str(path)
