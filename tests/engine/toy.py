@@ -159,7 +159,7 @@ def toy_config(work_dir, max_iters=12, loop='iter', checkpoint=None, val_interva
         custom_hooks=[dict(type='ToyKillHook')],
         randomness=dict(seed=0, deterministic=True),
         env_cfg=dict(dist_cfg=dict(backend='gloo')),
-        log_level='WARNING',
+        log_level='INFO',
     )
 
 
