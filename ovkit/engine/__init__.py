@@ -4,8 +4,13 @@
 mmengine's root ``HOOKS`` registry (visible from the mmdet / mmaction / mmpretrain scopes).
 :mod:`ovkit.engine.process` needs neither torch nor mmengine at import time.
 """
-from .checkpoint import (AtomicCheckpointHook, CheckpointError, check_resume_checkpoint,
-                         checkpoint_problem, latest_good_checkpoint)
+from .checkpoint import (
+                         AtomicCheckpointHook,
+                         CheckpointError,
+                         check_resume_checkpoint,
+                         checkpoint_problem,
+                         latest_good_checkpoint,
+)
 from .resume import RESUME_KEY, ExactResumeHook
 
 __all__ = ['AtomicCheckpointHook', 'CheckpointError', 'ExactResumeHook', 'RESUME_KEY',

@@ -32,8 +32,11 @@ from mmengine.dist import gather_object, get_dist_info
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
-from mmengine.runner.loops import (EpochBasedTrainLoop, IterBasedTrainLoop,
-                                   _InfiniteDataloaderIterator)
+from mmengine.runner.loops import (
+    EpochBasedTrainLoop,
+    IterBasedTrainLoop,
+    _InfiniteDataloaderIterator,
+)
 
 RESUME_KEY = 'ovkit_resume'
 STATE_VERSION = 1
@@ -86,22 +89,28 @@ def non_persistent_buffers(model):
 
 
 def load_non_persistent_buffers(model, buffers):
-    """Copy saved non-persistent buffers back in place; returns the names that did not fit.
+    """Copy saved non-persistent buffers back in place.
 
     Args:
         model: the unwrapped model.
         buffers: what :func:`non_persistent_buffers` returned in the interrupted run.
+
+    Returns:
+        tuple: names whose value changed (e.g. feature queues), names that did not fit.
     """
     current = dict(model.named_buffers())
-    mismatched = []
+    changed, mismatched = [], []
     for name, value in buffers.items():
         buf = current.get(name)
         if buf is None or buf.shape != value.shape:
             mismatched.append(name)
             continue
+        value = value.to(buf.device, buf.dtype)
+        if not torch.equal(buf, value):
+            changed.append(name)
         with torch.no_grad():
-            buf.copy_(value.to(buf.device, buf.dtype))
-    return mismatched
+            buf.copy_(value)
+    return changed, mismatched
 
 
 # --------------------------------------------------------------------------- data position
@@ -239,7 +248,7 @@ class ExactResumeHook(Hook):
             return
         state, self._pending = self._pending, None
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        bad = load_non_persistent_buffers(model, state['buffers'])
+        changed, bad = load_non_persistent_buffers(model, state['buffers'])
         if bad:
             runner.logger.warning(f'Exact resume: buffers not restored (missing or of another '
                                   f'shape): {", ".join(bad[:5])}')
@@ -269,7 +278,8 @@ class ExactResumeHook(Hook):
         runner.logger.info(
             f'Exact resume: random state of rank {get_dist_info()[0]} restored; data continues '
             f'at sampler epoch {epoch} after {pos} batches (skipped without loading); '
-            f'{len(state["buffers"])} non-persistent buffers restored.')
+            f'non-persistent buffers restored: {len(state["buffers"])}, of which changed by '
+            f'training: {", ".join(changed[:8]) or "none"}.')
 
     # ------------------------------------------------------------------ tracking and saving
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):

@@ -11,9 +11,15 @@ import pytest
 import torch
 
 import ovkit  # noqa: F401  (compat: weights-only loading of mmengine checkpoints)
-from ovkit.engine.checkpoint import (TMP_SUFFIX, CheckpointError, atomic_write,
-                                     check_last_checkpoint, check_resume_checkpoint,
-                                     checkpoint_problem, latest_good_checkpoint)
+from ovkit.engine.checkpoint import (
+    TMP_SUFFIX,
+    CheckpointError,
+    atomic_write,
+    check_last_checkpoint,
+    check_resume_checkpoint,
+    checkpoint_problem,
+    latest_good_checkpoint,
+)
 from tests.conftest import REPO
 from tests.engine.toy import run_toy
 

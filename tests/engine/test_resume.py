@@ -10,9 +10,14 @@ import pytest
 import torch
 
 import ovkit  # noqa: F401  (compat: weights-only loading of mmengine checkpoints)
-from ovkit.engine.resume import (RESUME_KEY, _SkipFirstBatches, get_rng_state,
-                                 load_non_persistent_buffers, non_persistent_buffers,
-                                 set_rng_state)
+from ovkit.engine.resume import (
+    RESUME_KEY,
+    _SkipFirstBatches,
+    get_rng_state,
+    load_non_persistent_buffers,
+    non_persistent_buffers,
+    set_rng_state,
+)
 from tests.engine.toy import run_toy
 
 
@@ -56,10 +61,11 @@ def test_non_persistent_buffers_saved_and_restored():
     src.queue.normal_()
     saved = non_persistent_buffers(src)
     assert set(saved) == {'queue'} and 'queue' not in src.state_dict()
-    assert load_non_persistent_buffers(dst, saved) == []
+    assert load_non_persistent_buffers(dst, saved) == (['queue'], [])
     assert torch.equal(dst.queue, src.queue)
+    assert load_non_persistent_buffers(dst, saved) == ([], [])
     assert load_non_persistent_buffers(dst, {'queue': torch.zeros(3, 8), 'nope': torch.zeros(1)}) \
-        == ['queue', 'nope']
+        == ([], ['queue', 'nope'])
 
 
 def test_skip_keeps_a_stateful_batch_sampler_where_it_was():
