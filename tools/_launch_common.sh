@@ -18,6 +18,10 @@ fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # One thread per process unless the user says otherwise (torchrun's default, stated here).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# The launchers exec torchrun (ovkit.tools.torchrun), so this shell's PID becomes the workers'
+# parent: a worker that finds another parent knows its launcher died before it could ask to die
+# with it.
+export OVKIT_LAUNCHER_PID=$$
 
 # Launcher arguments, checked before anything starts (USAGE is set by the caller).
 check_launch_args() {

@@ -34,7 +34,6 @@ import os
 import os.path as osp
 import re
 import time
-import zipfile
 from collections import namedtuple
 
 from . import sanity
@@ -181,38 +180,25 @@ def _looks_like_text(head):
 def checkpoint_problem(path):
     """What makes ``path`` unusable as a torch checkpoint, or None; reads no weights.
 
-    Checks the container (torch's zip format with its ``data.pkl``; a truncated file has lost
-    the zip's central directory), recognises text, and lists pickled globals that weights-only
-    loading refuses (``torch.serialization.get_unsafe_globals_in_checkpoint``, which
+    The container check is :func:`ovkit.engine.checkpoint.checkpoint_problem` (torch's zip
+    format with its ``data.pkl``; a truncated file has lost the zip's central directory); on
+    top, a text file is recognised as such, and pickled globals that weights-only loading
+    refuses are listed (``torch.serialization.get_unsafe_globals_in_checkpoint``, which
     disassembles the pickle without running it).
 
     Args:
         path: a local file.
     """
-    problem = check_path(path, 'file')
-    if problem:
-        return problem
-    size = osp.getsize(path)
-    with open(path, 'rb') as f:
-        head = f.read(256)
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            return f'unreadable zip archive ({exc})'
-        if not any(n.endswith(('/data.pkl', '/constants.pkl')) or n == 'data.pkl'
-                   for n in names):
-            return 'a zip archive, but not a torch checkpoint (no data.pkl inside)'
-    elif head.startswith(b'PK'):
-        return (f'truncated: a torch zip archive of {size} bytes whose end (central directory) '
-                'is missing; the write was interrupted')
-    elif head[:1] != b'\x80':  # not the legacy (pickle) format either
-        text = _looks_like_text(head)
+    from .checkpoint import checkpoint_problem as container_problem
+    problem = check_path(path, 'file') or container_problem(path)
+    if problem and problem.startswith('not a torch checkpoint'):
+        with open(path, 'rb') as f:
+            text = _looks_like_text(f.read(256))
         if text is not None:
             first = text.strip().splitlines()[0][:60] if text.strip() else ''
             return f'a text file, not a checkpoint (it starts with {first!r})'
-        return f'not a torch checkpoint ({size} bytes, neither a zip archive nor a pickle)'
+    if problem:
+        return problem
     try:
         import torch
 

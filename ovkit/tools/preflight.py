@@ -37,9 +37,10 @@ def checked_cfg(mode, args, build_cfg, force=False, report=None):
     if not os.path.isfile(args.config):
         raise UserError(f"config file '{args.config}' not found (absolute path "
                         f'{os.path.abspath(args.config)})')
+    from ovkit.engine.checkpoint import CheckpointError
     try:
         cfg = build_cfg(args)
-    except FileNotFoundError as exc:  # the tools' own checks of --resume / CHECKPOINT
+    except (FileNotFoundError, CheckpointError) as exc:  # the tools' checks of --resume / CKPT
         raise UserError(str(exc).strip('"\'')) from None
     if force or os.environ.get(PREFLIGHT_ENV) != 'done':
         preflight.run(cfg, mode, resume=getattr(args, 'resume', None),

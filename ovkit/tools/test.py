@@ -13,7 +13,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import ovkit  # noqa: F401  (applies ovkit.compat: weights-only loading of mmengine checkpoints)
-from ovkit.engine import guards
+from ovkit.engine import guards  # (ovkit.engine registers the hooks the runtime bases name)
 from ovkit.engine.errors import exit_on_user_error
 from ovkit.tools.preflight import checked_cfg
 

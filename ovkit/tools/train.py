@@ -17,7 +17,11 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import ovkit  # noqa: F401  (applies ovkit.compat before mmengine builds anything)
-from ovkit.engine import guards
+
+# ovkit.engine registers the hooks the runtime bases name (exact resume, atomic checkpoints,
+# skipped samples, non-finite loss).
+from ovkit.engine import guards, process
+from ovkit.engine.checkpoint import check_last_checkpoint, check_resume_checkpoint
 from ovkit.engine.errors import exit_on_user_error
 from ovkit.engine.preflight import RESUME_AUTO, RESUME_LAST
 from ovkit.tools.preflight import checked_cfg
@@ -85,15 +89,19 @@ def build_cfg(args):
     if args.resume in (RESUME_LAST, RESUME_AUTO):  # the preflight tells them apart
         cfg.resume = True
         cfg.load_from = None
+        check_last_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         if '://' not in args.resume and not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint file')
+        check_resume_checkpoint(args.resume)
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg
 
 
 def main(argv=None):
+    if process.is_launched_worker():
+        process.set_parent_death_signal()  # a killed launcher takes its workers along
     args = parse_args(argv)
     # Inputs checked before anything starts; errors of ovkit.engine print one line, once.
     with exit_on_user_error():
