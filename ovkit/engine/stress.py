@@ -5,7 +5,7 @@
 Trains CONFIG once without interruption, then ``--rounds`` times: starts the same training,
 SIGKILLs the launcher at a random moment (``tools/dist_train.sh`` for ``--nproc`` > 1, else
 ``tools/train.py``), checks that no worker outlived it and that the latest checkpoint loads,
-resumes with ``--resume``, repeats ``--kills`` times, lets the last run finish and compares its
+resumes with ``--resume auto``, repeats ``--kills`` times, lets the last run finish and compares its
 final weights with the uninterrupted run's. Prints the figures docs/reliability.md reports.
 Runs with ``randomness.deterministic=True``; exits 1 when any figure falls short.
 """
@@ -58,7 +58,7 @@ def _command(args, work_dir, resume):
         cmd = ['bash', osp.join(args.tools, 'dist_train.sh'), args.config, str(args.nproc)]
     else:
         cmd = [sys.executable, osp.join(args.tools, 'train.py'), args.config]
-    cmd += ['--work-dir', work_dir] + (['--resume'] if resume else [])
+    cmd += ['--work-dir', work_dir] + (['--resume', 'auto'] if resume else [])
     return cmd + ['--cfg-options'] + options
 
 

@@ -23,7 +23,7 @@ def _launch(nproc, config, work, resume=False, kill_at=None):
         cmd = [sys.executable, osp.join(REPO, 'tools', 'train.py'), config]
     else:
         cmd = ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), config, str(nproc)]
-    cmd += ['--work-dir', str(work)] + (['--resume'] if resume else [])
+    cmd += ['--work-dir', str(work)] + (['--resume', 'auto'] if resume else [])
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
     env.pop('TOY_KILL_AT', None)
     if kill_at is not None:
