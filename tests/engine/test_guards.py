@@ -186,3 +186,19 @@ def test_nan_clip_weights_refused_at_load(tmp_path):
                        r'holds NaN/inf in 1 tensors \(token_embedding\.weight\)'):
         build_clip(dict(model_name='tiny', checkpoint=str(tmp_path / 'clip.pth')),
                    cfg_key='model.clip_cfg')
+
+
+def test_tools_test_refuses_another_model_in_the_runner(detectors, shapes_workspace,
+                                                         tmp_path, monkeypatch, capsys):
+    """tools/test.py on one process: the Runner's load hits CheckpointFitHook."""
+    from ovkit.tools.test import main
+    _, other = detectors
+    torch.save({'meta': {}, 'state_dict': other.state_dict()}, tmp_path / 'other.pth')
+    monkeypatch.chdir(shapes_workspace)
+    monkeypatch.delenv('OVKIT_PREFLIGHT', raising=False)
+    with pytest.raises(SystemExit) as stop:
+        main([FRCNN, str(tmp_path / 'other.pth'), '--work-dir', str(tmp_path / 'w')])
+    assert stop.value.code == errors.EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: checkpoint '{tmp_path / 'other.pth'}' does not fit the "
+                              'model of this config: 4 have another shape')
