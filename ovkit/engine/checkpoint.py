@@ -43,8 +43,9 @@ def _fsync_dir(path):
 
 def _commit(tmp, dst):
     """Make ``tmp`` durable and give it the name ``dst`` in one step (POSIX rename)."""
-    with open(tmp, 'rb+') as f:
-        os.fsync(f.fileno())
+    if osp.isfile(tmp):  # a folder (sharded checkpoint) is renamed as it is
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
     os.replace(tmp, dst)
     _fsync_dir(osp.dirname(osp.abspath(dst)))
 

@@ -259,7 +259,11 @@ class ExactResumeHook(Hook):
         def restore():
             set_rng_state(state['rng'])
 
-        if isinstance(loop, IterBasedTrainLoop):
+        if getattr(loader, 'batch_sampler', None) is None:
+            runner.logger.warning('Exact resume needs a data loader with a batch sampler: '
+                                  'random state restored, data position left to mmengine.')
+            restore()
+        elif isinstance(loop, IterBasedTrainLoop):
             _set_sampler_epoch(loader, epoch)
             object.__setattr__(loader, 'batch_sampler',
                                _SkipFirstBatches(loader, loader.batch_sampler, pos, restore))

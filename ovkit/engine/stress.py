@@ -39,6 +39,9 @@ def parse_args(argv=None):
                         help='1 round, 1 kill, 6 iterations: checks that the loop works')
     parser.add_argument('--timeout', type=float, default=1800,
                         help='seconds one training may take')
+    parser.add_argument('--cfg-options', nargs='+', default=[],
+                        help='more overrides for every training, e.g. '
+                        'default_hooks.exact_resume.enabled=False (mmengine alone)')
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.kills, args.max_iters = 1, 1, 6
@@ -59,7 +62,7 @@ def _command(args, work_dir, resume):
     else:
         cmd = [sys.executable, osp.join(args.tools, 'train.py'), args.config]
     cmd += ['--work-dir', work_dir] + (['--resume', 'auto'] if resume else [])
-    return cmd + ['--cfg-options'] + options
+    return cmd + ['--cfg-options'] + options + args.cfg_options
 
 
 def _env(args):

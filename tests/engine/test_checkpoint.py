@@ -108,6 +108,29 @@ def test_old_checkpoint_removed_only_after_the_new_one_is_complete(tmp_path):
     assert sorted(f for f in os.listdir(work) if f.startswith('iter_')) == ['iter_4.pth']
 
 
+def test_previous_best_checkpoint_removed_only_after_the_new_best_is_written(tmp_path):
+    from mmengine.hooks import Hook
+
+    class Observer(Hook):
+        bests = []
+
+        def before_save_checkpoint(self, runner, checkpoint):
+            if 'optimizer' not in checkpoint:  # best checkpoints are saved without it
+                self.bests.append(sorted(f for f in os.listdir(runner.work_dir)
+                                         if f.startswith('best_')))
+
+    work = str(tmp_path / 'w')
+    run_toy(work, max_iters=6, val_interval=2, hooks=[Observer()],
+            checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False,
+                            save_best='evaluations', rule='greater'))
+    assert len(Observer.bests) == 3
+    # While the 2nd and 3rd best are written, the previous best is still on disk.
+    assert Observer.bests[0] == [] and all(len(b) == 1 for b in Observer.bests[1:])
+    assert Observer.bests[1] != Observer.bests[2]
+    assert sorted(f for f in os.listdir(work) if f.startswith('best_')) == \
+        ['best_evaluations_iter_6.pth']
+
+
 _CHILD = r'''
 import sys, time
 sys.path.insert(0, {repo!r})

@@ -88,3 +88,17 @@ def test_stress_script_quick_on_shapes(shapes_workspace):
     assert 'loadable latest checkpoints: 1/1' in out
     assert 'bit-identical final weights: 1/1' in out
     assert 'orphaned workers: 0' in out
+
+
+def test_exit_rate_tool_counts_exit_codes(tmp_path):
+    """tools/analysis/exit_rate.py (the before/after figures of docs/reliability.md), one run
+    each way on the toy."""
+    config = dump_toy_config(tmp_path / 'toy.py', work_dir=str(tmp_path / 'unused'))
+    for flag, mode in (([], 'with'), (['--without-teardown'], 'without')):
+        proc = subprocess.run(
+            [sys.executable, osp.join(REPO, 'tools', 'analysis', 'exit_rate.py'), config,
+             '--runs', '1'] + flag, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+            env=dict(os.environ, PYTHONPATH=REPO))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        assert f"2-process runs {mode} ovkit's exit teardown: " in out, out[-3000:]

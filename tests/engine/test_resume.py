@@ -133,18 +133,18 @@ def test_epoch_loop_resume_mid_epoch_and_at_epoch_end(tmp_path):
     """EpochBasedTrainLoop: mmengine restarts the epoch; here it continues inside it."""
     by_iter = dict(type='CheckpointHook', interval=1, by_epoch=False, max_keep_ckpts=-1)
     by_epoch = dict(type='CheckpointHook', interval=1, by_epoch=True, max_keep_ckpts=-1)
-    ref_i = run_toy(str(tmp_path / 'ref_i'), max_iters=3, loop='epoch', checkpoint=by_iter,
+    ref_i = run_toy(str(tmp_path / 'ref_i'), max_iters=2, loop='epoch', checkpoint=by_iter,
                     val_interval=1)
-    ref_e = run_toy(str(tmp_path / 'ref_e'), max_iters=3, loop='epoch', checkpoint=by_epoch,
+    ref_e = run_toy(str(tmp_path / 'ref_e'), max_iters=2, loop='epoch', checkpoint=by_epoch,
                     val_interval=1)
     assert_identical(ref_i, ref_e)  # where checkpoints are taken changes nothing
     state = torch.load(str(tmp_path / 'ref_i' / 'iter_15.pth'), weights_only=True)[RESUME_KEY]
     assert state['ranks'][0]['data'] == dict(epoch=1, pos=4)
     assert_identical(ref_i, continue_from(str(tmp_path / 'ref_i' / 'iter_15.pth'),
-                                          str(tmp_path / 'r15'), max_iters=3, loop='epoch',
+                                          str(tmp_path / 'r15'), max_iters=2, loop='epoch',
                                           checkpoint=by_iter, val_interval=1))
     assert_identical(ref_e, continue_from(str(tmp_path / 'ref_e' / 'epoch_1.pth'),
-                                          str(tmp_path / 'e1'), max_iters=3, loop='epoch',
+                                          str(tmp_path / 'e1'), max_iters=2, loop='epoch',
                                           checkpoint=by_epoch, val_interval=1))
 
 

@@ -83,8 +83,13 @@ class ToyResumeAccuracy(BaseMetric):
     def process(self, data_batch, data_samples):
         self.results.extend(int(s['pred'] == s['gt']) for s in data_samples)
 
+    evaluations = 0
+
     def compute_metrics(self, results):
-        return dict(accuracy=100.0 * sum(results) / max(len(results), 1))
+        # ``evaluations`` grows with every validation: a save_best key that always improves.
+        type(self).evaluations += 1
+        return dict(accuracy=100.0 * sum(results) / max(len(results), 1),
+                    evaluations=type(self).evaluations)
 
 
 @HOOKS.register_module()
