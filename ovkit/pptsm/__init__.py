@@ -6,6 +6,7 @@ hooks, the ``PaddleVideoDataset`` list dataset, strict PyAV reading and the Padd
 transforms. Head, loss, mixup and optimiser come from mmaction2 (see docs/pptsm.md).
 """
 import ovkit  # noqa: F401  (applies ovkit.compat before mmaction2 is imported)
+import ovkit.engine  # noqa: F401  (the runtime bases' ExactResumeHook, AtomicCheckpointHook)
 
 from .backbone import ResNetTweaksTSM
 from .dataset import PaddleVideoDataset, VideoSkipLoggerHook
