@@ -34,6 +34,9 @@ in the two NMS implementations).
     python tools/analysis/benchmark_baron.py                       # CPU sizes, ~ minutes
     python tools/analysis/benchmark_baron.py --device cuda         # ViT-B/32, 2 x 512 RoIs
     python tools/analysis/benchmark_baron.py --quick               # tiny smoke run (tests)
+
+Importable (``from tools.analysis.benchmark_baron import main``): ``main(argv)`` returns the
+median times, both sides' losses and the largest relative difference of the check.
 """
 import argparse
 import gc
@@ -842,7 +845,8 @@ def main(argv=None):
               f'now ({os.cpu_count()} CPUs; other processes distort CPU timings)')
     if args.no_memory:
         print('peak memory: not measured' + (' (--quick)' if args.quick else ''))
-        return dict(times=med, losses=res_o[1], max_rel_diff=worst)
+        return dict(times=med, losses=res_o[1], losses_reference=res_r[1], max_rel_diff=worst,
+                    num_bag_sentences=n_seq)
     if device.type == 'cuda':
         mem = {n: measure_memory_cuda(n, clip, roi_head, inputs, replay, device)
                for n in times}
@@ -854,7 +858,8 @@ def main(argv=None):
         how = 'RSS high-water mark above the pre-step RSS, fresh process per side'
     print(f"peak memory of one step ({how}): ovkit {mem['ovkit'] / 2 ** 20:,.0f} MiB, "
           f"reference {mem['reference'] / 2 ** 20:,.0f} MiB")
-    return dict(times=med, losses=res_o[1], max_rel_diff=worst, memory=mem)
+    return dict(times=med, losses=res_o[1], losses_reference=res_r[1], max_rel_diff=worst,
+                num_bag_sentences=n_seq, memory=mem)
 
 
 if __name__ == '__main__':
