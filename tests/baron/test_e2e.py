@@ -18,15 +18,16 @@ BARON_LOSSES = ('loss_cls', 'loss_bbox', 'loss_bag', 'loss_single', 'loss_rpn_cl
                 'loss_rpn_bbox')
 
 
+# configs/baron/shapes.py trains 600 iterations (the demo); CI runs 40 of them.
+SHORT = ['train_cfg.max_iters=40', 'default_hooks.checkpoint.interval=20',
+         'default_hooks.logger.interval=5', 'log_processor.window_size=5']
+
+
 @pytest.fixture(scope='module')
-def trained(shapes_workspace):
-    ws = shapes_workspace
-    run_cmd([sys.executable, osp.join(REPO, 'tools', 'data', 'gen_class_embeddings.py'),
-             '--model-name', 'tiny', '--classes', 'data/shapes/classes.txt',
-             '--out', 'data/shapes/baron/shapes_tiny_clip.npy'], cwd=ws)
-    work = ws / 'work_dirs' / 'baron'
+def trained(baron_workspace):
+    work = baron_workspace / 'work_dirs' / 'baron'
     out = run_cmd(['bash', osp.join(REPO, 'tools', 'dist_train.sh'), SHAPES, '2',
-                   '--work-dir', str(work)], cwd=ws)
+                   '--work-dir', str(work), '--cfg-options', *SHORT], cwd=baron_workspace)
     return work, out
 
 
@@ -50,21 +51,21 @@ def test_two_process_training_with_every_baron_loss_finite(trained):
     assert not any(k.startswith('clip.') for k in ckpt['state_dict'])
 
 
-def test_test_py_reports_novel_base_all_ap50(trained, shapes_workspace):
+def test_test_py_reports_novel_base_all_ap50(trained, baron_workspace):
     work, _ = trained
     out = run_cmd([sys.executable, osp.join(REPO, 'tools', 'test.py'), SHAPES,
                    str(work / 'iter_40.pth'), '--work-dir', str(work / 'test')],
-                  cwd=shapes_workspace)
+                  cwd=baron_workspace)
     for key in ('coco/novel_ap50:', 'coco/base_ap50:', 'coco/all_ap50:'):
         assert key in out, out[-3000:]
 
 
-def test_resume(trained, shapes_workspace):
+def test_resume(trained, baron_workspace):
     work, _ = trained
     out = run_cmd([sys.executable, osp.join(REPO, 'tools', 'train.py'), SHAPES,
-                   '--work-dir', str(work), '--resume', '--cfg-options',
+                   '--work-dir', str(work), '--resume', '--cfg-options', *SHORT,
                    'train_cfg.max_iters=45', 'train_cfg.val_interval=1000',
-                   'default_hooks.checkpoint.interval=5'], cwd=shapes_workspace)
+                   'default_hooks.checkpoint.interval=5'], cwd=baron_workspace)
     assert 'resumed epoch: 0, iter: 40' in out
     assert (work / 'iter_45.pth').exists()
 
