@@ -8,7 +8,8 @@
 #      with tools/dist_train.sh on NPROC processes, then evaluated with tools/test.py
 #   4. novel / base AP50 of both, and tools/ov_infer.py drawing a novel class (star)
 # Runs in $WS (default work_dirs/demo_baron), since the configs name their files relative to
-# the working directory.
+# the working directory. CFG_OPTIONS="k=v ..." is passed to both trainings (a quick smoke run:
+# CFG_OPTIONS="train_cfg.max_iters=4").
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-.venv}
@@ -22,7 +23,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if [ "$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')" -lt "$NPROC" ]; then
   export CUDA_VISIBLE_DEVICES=
 fi
-mkdir -p "$WS"
+mkdir -p "$WS/work_dirs"
 cd "$WS"
 
 "$PYTHON" "$ROOT/tools/data/make_shapes.py" --out data/shapes --kinds coco --num-train 400 \
@@ -36,7 +37,9 @@ declare -A AP
 run() {  # run NAME CONFIG
   local name=$1 config=$ROOT/configs/baron/$2 work=work_dirs/$1
   echo "== $name: training $2 on $NPROC processes (base-class boxes only) -> $WS/$work"
-  bash "$ROOT/tools/dist_train.sh" "$config" "$NPROC" --work-dir "$work" > "$work.train.log" 2>&1 \
+  # shellcheck disable=SC2086  # CFG_OPTIONS: one word per key=value
+  bash "$ROOT/tools/dist_train.sh" "$config" "$NPROC" --work-dir "$work" \
+    ${CFG_OPTIONS:+--cfg-options $CFG_OPTIONS} > "$work.train.log" 2>&1 \
     || { tail -40 "$work.train.log"; exit 1; }
   local ckpt
   ckpt=$(cat "$work/last_checkpoint")
