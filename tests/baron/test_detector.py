@@ -24,6 +24,8 @@ def model_cfg(tmp_path_factory):
     path = tmp / 'emb.npy'
     np.save(path, emb.numpy())
     cfg = Config.fromfile(CONFIG)
+    # the config's trained shapes CLIP is not needed here: a random tiny one and its embeddings
+    cfg.model.clip_cfg = dict(model_name='tiny', seed=0)
     cfg.model.roi_head.bbox_head.cls_embeddings_path = str(path)
     return cfg.model
 
@@ -161,8 +163,9 @@ def test_every_ovkit_type_resolves_by_name_under_mmdet_scope():
 # ------------------------------------------------------------------ separate KD batch
 def _two_branch(model_cfg, **overrides):
     cfg = copy.deepcopy(model_cfg)
-    cfg.data_preprocessor = dict(type='MultiBranchDataPreprocessor',
-                                 data_preprocessor=cfg.data_preprocessor)
+    if cfg.data_preprocessor.type != 'MultiBranchDataPreprocessor':  # the shapes config has it
+        cfg.data_preprocessor = dict(type='MultiBranchDataPreprocessor',
+                                     data_preprocessor=cfg.data_preprocessor)
     cfg.rpn_head.type = 'DetachRPNHead'
     cfg.update(overrides)
     return _build(cfg)
