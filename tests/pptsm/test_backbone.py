@@ -136,15 +136,48 @@ def test_pretrained_loading_and_errors(tmp_path):
     for k, v in src.state_dict().items():
         assert torch.equal(v, dst.state_dict()[k]), k
 
+    # A missing or Paddle file fails when the model is built, before any data is loaded.
     with pytest.raises(FileNotFoundError, match='model.backbone.pretrained'):
-        ResNetTweaksTSM(depth=18, pretrained=str(tmp_path / 'nope.pth')).init_weights()
+        ResNetTweaksTSM(depth=18, pretrained=str(tmp_path / 'nope.pth'))
     (tmp_path / 'x.pdparams').write_bytes(b'')
     with pytest.raises(ValueError, match='pptsm_paddle.py'):
-        ResNetTweaksTSM(depth=18, pretrained=str(tmp_path / 'x.pdparams')).init_weights()
-    with pytest.raises(ValueError, match='model.backbone.depth'):
-        ResNetTweaksTSM(depth=50, pretrained=str(tmp_path / 'ok.pth')).init_weights()
+        ResNetTweaksTSM(depth=18, pretrained=str(tmp_path / 'x.pdparams'))
     with pytest.raises(ValueError, match='depth=26'):
         ResNetTweaksTSM(depth=26)
+
+
+def test_pretrained_of_another_depth_is_refused_unless_allow_partial(tmp_path):
+    """ImageNet R50 weights in an R101 config share every R50 tensor: refuse, name the depth."""
+    src = ResNetTweaksTSM(depth=50, base_channels=8)
+    src.init_weights()
+    path = str(tmp_path / 'r50.pth')
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in src.state_dict().items()}}, path)
+    with pytest.raises(ValueError, match='model.backbone.depth=101.*depth-50 backbone') as err:
+        ResNetTweaksTSM(depth=101, base_channels=8, pretrained=path).init_weights()
+    assert 'allow_partial=True' in str(err.value) and 'layer3.6.' in str(err.value)
+    torch.manual_seed(1)
+    ref = ResNetTweaksTSM(depth=101, base_channels=8)
+    ref.init_weights()
+    torch.manual_seed(1)
+    dst = ResNetTweaksTSM(depth=101, base_channels=8, pretrained=path, allow_partial=True)
+    dst.init_weights()
+    assert torch.equal(dst.layer3[5].conv1.weight, src.layer3[5].conv1.weight)  # loaded
+    assert torch.equal(dst.layer3[6].conv1.weight, ref.layer3[6].conv1.weight)  # initialised
+    # The deeper file into the shallower model: extra tensors, refused as well.
+    deep = ResNetTweaksTSM(depth=101, base_channels=8)
+    torch.save(deep.state_dict(), tmp_path / 'r101_bare.pth')
+    with pytest.raises(ValueError, match='depth-101 backbone.*not in this backbone'):
+        ResNetTweaksTSM(depth=50, base_channels=8,
+                        pretrained=str(tmp_path / 'r101_bare.pth')).init_weights()
+    # Another width: every key present, shapes differ.
+    with pytest.raises(ValueError, match='other shapes'):
+        ResNetTweaksTSM(depth=50, base_channels=16, pretrained=path).init_weights()
+    # The converter's meta depth is believed even when the keys would fit.
+    r18 = ResNetTweaksTSM(depth=18, base_channels=8)
+    torch.save({'state_dict': r18.state_dict(), 'meta': {'depth': 34}}, tmp_path / 'meta.pth')
+    with pytest.raises(ValueError, match='depth-34 backbone'):
+        ResNetTweaksTSM(depth=18, base_channels=8,
+                        pretrained=str(tmp_path / 'meta.pth')).init_weights()
 
 
 def test_builds_from_the_registry():
