@@ -1,13 +1,12 @@
 """PP-TSM through the real tools on motion-only shapes videos: 2-process training with a
 corrupt video in the list, test.py top-1/top-5, resume, video_infer, the shift against its
-ablation; converted Paddle weights load into the UCF101 config; full configs build."""
+ablation; converted Paddle weights load into the UCF101 config."""
 import glob
 import os.path as osp
 import re
 import sys
 
 import pytest
-import torch
 
 from tests.conftest import REPO, run_cmd
 from tests.pptsm.test_convert import recognizer_keys, write_pdparams
@@ -129,29 +128,3 @@ def test_converted_paddle_checkpoint_loads_into_the_ucf101_config(tmp_path):
     assert (got == params['Student.backbone.bb_3_2.conv2._conv.weight']).all()
     bn = model.backbone.stem[0].bn.running_var.numpy()
     assert (bn == params['Student.backbone.conv1_1._batch_norm._variance']).all()
-
-
-FULL = sorted(p for p in glob.glob(osp.join(CFG_DIR, '*.py')) if 'shapes' not in p)
-
-
-@pytest.mark.parametrize('path', FULL, ids=osp.basename)
-def test_full_configs_build_without_data_and_name_missing_files(path, tmp_path):
-    from mmaction.registry import DATASETS, MODELS
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
-
-    import ovkit.pptsm  # noqa: F401
-    cfg = Config.fromfile(path)
-    with DefaultScope.overwrite_default_scope('mmaction'):
-        with pytest.raises(FileNotFoundError, match='model.backbone.pretrained'):
-            MODELS.build(cfg.model)  # a missing weights file fails at build time
-        cfg.model.backbone.pretrained = None
-        model = MODELS.build(cfg.model)
-        assert model.backbone.depth in (50, 101)
-        with pytest.raises(FileNotFoundError, match='dataset.ann_file'):
-            DATASETS.build(cfg.train_dataloader.dataset)
-    with torch.no_grad():
-        model.eval()
-        x = torch.randn(1, 8, 3, 64, 64)
-        feats, _ = model.extract_feat(x, test_mode=True)
-        assert feats.shape[:2] == (8, 2048)
