@@ -7,7 +7,7 @@ the ``PaddleWarmupCosineLR`` scheduler, the ``PaddlePreciseBNHook`` hook, the
 loss, mixup and optimiser come from mmaction2 (see docs/pptsm.md).
 """
 import ovkit  # noqa: F401  (applies ovkit.compat before mmaction2 is imported)
-import ovkit.engine  # noqa: F401  (the hooks the runtime bases name)
+import ovkit.engine  # noqa: F401  (the runtime bases' ExactResumeHook, AtomicCheckpointHook)
 
 from .backbone import ResNetTweaksTSM
 from .dataset import PaddleVideoDataset

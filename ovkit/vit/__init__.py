@@ -3,7 +3,7 @@
 Importing this package registers ``OVKitViT``, ``OVKitViTClsHead`` (models) and ``OVKitValLoss``
 (metric) in mmpretrain.
 """
-import ovkit.engine  # noqa: F401  (the hooks the runtime bases name)
+import ovkit.engine  # noqa: F401  (the runtime bases' ExactResumeHook, AtomicCheckpointHook)
 
 from .backbone import ARCHS, OUT_TYPES, OVKitViT, vit_flops
 from .head import OVKitViTClsHead
