@@ -34,6 +34,11 @@ def pretrained_fix(path, node, key):
 
 
 declare_input('backbone.pretrained', kind='checkpoint', fix=pretrained_fix)
+# ``load_from`` (a whole converted recognizer) is checked by the preflight itself; this says how
+# to make one when its name is a converted PP-TSM checkpoint's.
+declare_fix(r'^(.*pptsm[^/]*\.pth)$',
+            r'convert the PaddleVideo .pdparams with `python tools/model_converters/'
+            r'pptsm_paddle.py IN.pdparams \1` (docs/pptsm.md, "Weights and the converter")')
 
 UCF101_LISTS = ('write the UCF101 lists ("path label" per line, the .avi optional) with '
                 "mmaction2's tools/data/ucf101/ (download_annotations.sh, then "

@@ -50,6 +50,13 @@ def test_missing_pretrained_checkpoint_is_one_line_with_the_converter(ws, capsys
     assert len(lines) == 1 and 'this is a Paddle file: convert it' in lines[0], lines
 
 
+def test_missing_load_from_names_the_converter(ws, capsys):
+    lines, err = errors(capsys, TINY, '--cfg-options', 'load_from=checkpoints/pptsm_k400.pth')
+    assert len(lines) == 1 and err.count('\n') == 1, err
+    assert lines[0].startswith("error: load_from = 'checkpoints/pptsm_k400.pth': not found")
+    assert 'pptsm_paddle.py IN.pdparams checkpoints/pptsm_k400.pth' in lines[0], lines[0]
+
+
 def test_missing_list_file_names_the_key_and_make_shapes(ws, capsys):
     (ws / 'data/shapes/video/val_list.txt').unlink()
     lines, err = errors(capsys, TINY)
