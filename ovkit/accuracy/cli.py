@@ -169,9 +169,9 @@ def _dump_kwargs(args):
 
 
 def main(argv=None):
-    from rich.console import Console
+    from .common import make_console
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = make_console()
     try:
         if args.command == 'dump':
             from .openmmlab import dump_config

@@ -104,3 +104,16 @@ def test_compare_shows_isolated_and_propagated(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert 'own cos' in printed and 'error_sources' in printed
     assert (out / 'report.html').exists()
+
+
+def test_log_lines_are_never_wrapped(dumps, capsys, monkeypatch):
+    """Written to a file or a pipe (not a terminal), a long line stays one line: rich would
+    otherwise wrap it at 80 columns, splitting paths and the words tests and users grep."""
+    monkeypatch.delenv('COLUMNS', raising=False)
+    out = dumps / ('a_report_folder_with_a_long_name_' * 4)
+    assert main(['compare', str(dumps / 'fp32'), str(dumps / 'fp16'), '--out', str(out),
+                 '--no-progress', '--no-plots']) == 0
+    printed = capsys.readouterr().out
+    assert len(str(out)) > 130
+    assert (f'report written to {out}: compare.csv, advice.json, report.html, '
+            'tensor_conv2_0_.top20_abs.csv\n') in printed
