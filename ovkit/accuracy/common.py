@@ -3,6 +3,7 @@ import math
 import os
 
 LOG_WIDTH = 160  # columns of tables and panels when the output is a file or a pipe
+DEFAULT_MAX_PASSES = 32  # forward passes suggest-fp32's search may take
 
 
 def finite(v):
