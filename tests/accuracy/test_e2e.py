@@ -229,3 +229,40 @@ def test_dump_cli_isolates_against_the_run_reference(run_out, image, tmp_path):
     iso = load_dump(out).meta['isolation']
     calls = {(e.name, e.call) for e in load_dump(ref).entries if e.kind == 'output'}
     assert iso['calls'] == len(calls) - len(iso['skipped']) > 80
+
+
+def test_suggest_fp32_finds_a_planted_overflow_in_the_detector(detector, image, tmp_path):
+    """One mid-backbone conv of the detector made to overflow in float16 (weights scaled up
+    to just below fp16's range, its BN scaled to match: float32 is unchanged): the block
+    search names exactly that conv, in a few passes. Backbone + neck (``feat``): with random
+    weights, the detections themselves differ under fp16 whatever is kept in float32."""
+    import copy
+
+    import torch
+
+    from ovkit.accuracy.fix import suggest_fp32
+    from ovkit.accuracy.openmmlab import host_scope, make_forward, prepare_inputs
+    model, cfg = copy.deepcopy(detector[0]), detector[1]
+    x, samples, _ = prepare_inputs(model, cfg, image)
+    forward = make_forward(samples, 'feat')
+    conv, bn = model.backbone.layer2[0].conv1, model.backbone.layer2[0].bn1
+    peak = []
+    hook = conv.register_forward_hook(lambda m, i, o: peak.append(float(o.abs().max())))
+    with host_scope(cfg), torch.no_grad():
+        before = forward(model, x)
+    hook.remove()
+    scale = 60000 / float(conv.weight.abs().max())  # every weight still fits in fp16
+    assert scale * peak[0] > 2 * 65504  # but its outputs do not
+    with torch.no_grad():
+        conv.weight.mul_(scale)
+        bn.running_mean.mul_(scale)
+        bn.running_var.mul_(scale * scale)
+        after = forward(model, x)
+    assert torch.allclose(before[-1], after[-1], rtol=1e-4, atol=1e-5)  # fp32 unchanged
+    with host_scope(cfg):
+        found = suggest_fp32(model, x, str(tmp_path), 'fp16', forward=forward,
+                             skip=('data_preprocessor',))
+    assert found['modules'] == ['backbone.layer2.0.conv1'] and found['ok']
+    assert found['ranking'][0] == 'backbone.layer2.0.conv1'  # a new inf of its own
+    assert found['passes'] <= 8 < len(found['ranking'])
+    assert [t['modules'] for t in found['trace']][:2] == [[], ['backbone']]
