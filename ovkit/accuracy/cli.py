@@ -11,8 +11,10 @@ each other one into ``DIR/report/{first}_vs_{other}`` (CSV, report.html, PNGs, a
 ``--isolate`` dumps the reference with module inputs and runs every module of the other
 settings on them too (error attribution). ``suggest-fp32`` does that for one low-precision
 setting and then searches the modules to keep in float32 (``DIR/keep_fp32.py``). Exit status:
-0, 1 on bad input (the message says what to fix), 3 with ``--strict`` when the advisor
-reports an error.
+0; 2 on a bad argument (a missing path, an unknown setting or metric, flags that do not go
+together: checked before any work, one ``error:`` line naming the argument and the fix); 1 on
+bad input found while working (the message says what to fix); 3 with ``--strict`` when the
+advisor reports an error.
 """
 import argparse
 import math
@@ -22,14 +24,15 @@ import sys
 from .common import DEFAULT_MAX_PASSES
 from .manifest import AccuracyError
 
-EXAMPLES = """examples:
+EXAMPLES = """examples (shapes data: python tools/data/make_shapes.py --out data/shapes):
   %(prog)s dump configs/shapes/faster_rcnn_tiny.py work_dirs/x/iter_20.pth \\
-      --input data/shapes/coco/val/000000.png --setting bf16 --out dumps/bf16
+      --input data/shapes/coco/val/100000.png --setting bf16 --out dumps/bf16
   %(prog)s compare dumps/fp32 dumps/bf16 --out report --threshold 0.999
-  %(prog)s run configs/shapes/faster_rcnn_tiny.py none --input img.png --settings fp32,bf16,fp16
+  %(prog)s run configs/shapes/faster_rcnn_tiny.py --input data/shapes/coco/val/100000.png \\
+      --settings fp32,bf16,fp16 --isolate --out work_dirs/acc_det
+  %(prog)s suggest-fp32 configs/pptsm/pptsm_tiny-r18_2xb4-1x1x8-24e_shapes-video.py \\
+      --input data/shapes/video/videos/grow/grow_val_000.avi --setting fp16 --out work_dirs/fix
   %(prog)s run mmpretrain::resnet/resnet18_8xb32_in1k.py --input img.png --isolate --out acc
-  %(prog)s suggest-fp32 configs/shapes/faster_rcnn_tiny.py --input img.png --setting fp16 \\
-      --out work_dirs/fp32_fix
 """
 
 
