@@ -45,7 +45,8 @@ __all__ = ['make_shape_crops', 'train_shapes_clip', 'zero_shot_accuracy', 'main'
 
 # Training settings that define a cached checkpoint (the json stores them; a change retrains).
 TRAIN_DEFAULTS = dict(steps=1200, batch_size=128, lr=1e-3, weight_decay=0.1, warmup=100,
-                      num_crops=6000, image_size=64, palette_prob=0.5, background_frac=0.15)
+                      num_crops=6000, image_size=64, palette_prob=0.5, background_frac=0.15,
+                      max_context=3.0)
 # The concept of crops without a shape (real CLIP knows "a photo of a wall" too); captions use
 # it like a class name. Not a detection class.
 BACKGROUND = 'background'
@@ -83,11 +84,14 @@ def _scene(rng, size, classes, palette_prob):
 
 def make_shape_crops(num: int, seed: int = 0, crop_size: int = 64, scene_size: int = 128,
                      palette_prob: float = 0.5, classes: Optional[Sequence[str]] = None,
-                     background_frac: float = 0.0):
-    """``num`` crops centred on one shape each, as the bag teacher sees regions.
+                     background_frac: float = 0.0, max_context: float = 3.0):
+    """``num`` crops around one shape each, as the bag teacher sees regions.
 
-    A crop is the shape's box enlarged 1-2.5x (shifted by up to a quarter of its size, clipped to
-    the scene), so it may show parts of neighbouring shapes too. A ``background_frac`` share of
+    A crop is the shape's box enlarged 1 to ``max_context`` times, the width and height
+    independently (a bag's spanned box: the region alone, or with some of its eight neighbours,
+    up to about 3x the region on each axis), with the shape anywhere in the middle half of the
+    slack, clipped to the scene and resized to a square (as ``roi_align`` stretches a bag), so
+    it may show neighbouring shapes too. A ``background_frac`` share of
     the crops (the last ones) shows background only, labelled ``len(classes)``. Returns uint8
     images [num, crop_size, crop_size, 3] (RGB) and class indices [num].
     """
@@ -112,11 +116,12 @@ def make_shape_crops(num: int, seed: int = 0, crop_size: int = 64, scene_size: i
         for cls, (x1, y1, x2, y2) in objects:
             if k == num:
                 break
-            side = max(x2 - x1, y2 - y1) * rng.uniform(1.0, 2.5)
-            cx = (x1 + x2) / 2 + rng.uniform(-0.25, 0.25) * (x2 - x1)
-            cy = (y1 + y2) / 2 + rng.uniform(-0.25, 0.25) * (y2 - y1)
-            box = [max(0.0, cx - side / 2), max(0.0, cy - side / 2),
-                   min(float(scene_size), cx + side / 2), min(float(scene_size), cy + side / 2)]
+            w, h = (x2 - x1) * rng.uniform(1.0, max_context), (y2 - y1) * rng.uniform(
+                1.0, max_context)
+            cx = (x1 + x2) / 2 + rng.uniform(-0.25, 0.25) * (w - (x2 - x1))
+            cy = (y1 + y2) / 2 + rng.uniform(-0.25, 0.25) * (h - (y2 - y1))
+            box = [max(0.0, cx - w / 2), max(0.0, cy - h / 2),
+                   min(float(scene_size), cx + w / 2), min(float(scene_size), cy + h / 2)]
             crop = scene.crop(tuple(int(round(v)) for v in box))
             images[k] = np.asarray(crop.resize((crop_size, crop_size), Image.BILINEAR))
             labels[k] = cls
@@ -151,6 +156,7 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
                       image_size: int = TRAIN_DEFAULTS['image_size'],
                       palette_prob: float = TRAIN_DEFAULTS['palette_prob'],
                       background_frac: float = TRAIN_DEFAULTS['background_frac'],
+                      max_context: float = TRAIN_DEFAULTS['max_context'],
                       templates: Optional[Sequence[str]] = None, log=print):
     """Train the tiny CLIP; returns the open_clip ``CLIP`` module (trained, in eval mode).
 
@@ -169,7 +175,8 @@ def train_shapes_clip(seed: int = 0, steps: int = TRAIN_DEFAULTS['steps'],
                          f'{model.visual.image_size[0]}-pixel crops.')
     images, labels = make_shape_crops(num_crops, seed=seed * 1000 + 1, crop_size=image_size,
                                       palette_prob=palette_prob,
-                                      background_frac=background_frac)
+                                      background_frac=background_frac,
+                                      max_context=max_context)
     # CLIPModel freezes what it wraps; here the weights are trained through its encoders
     clip = CLIPModel(model, model_name='tiny')
     model.requires_grad_(True)
@@ -255,6 +262,9 @@ def parse_args(argv=None):
     for key in ('steps', 'batch_size', 'num_crops', 'eval_crops', 'warmup'):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if args.max_context < 1:
+        parser.error(f'--max-context must be >= 1 (a crop holds the whole shape), got '
+                     f'{args.max_context}')
     for key in ('palette_prob', 'background_frac'):
         if not 0 <= getattr(args, key) <= 1:
             parser.error(f"--{key.replace('_', '-')} must lie in [0, 1], got "
@@ -296,7 +306,8 @@ def main(argv=None):
     accuracy = {}
     for mode, prob in (('class_colours', 1.0), ('random_colours', 0.0)):
         images, labels = make_shape_crops(args.eval_crops, seed=args.seed * 1000 + 7,
-                                          crop_size=args.image_size, palette_prob=prob)
+                                          crop_size=args.image_size, palette_prob=prob,
+                                          max_context=args.max_context)
         accuracy[mode] = zero_shot_accuracy(clip, images, labels, SHAPE_CLASSES, templates,
                                             NOVEL_CLASSES)
     result = dict(seed=args.seed, settings=settings, accuracy=accuracy,
