@@ -86,7 +86,8 @@ def test_bags_centre_on_proposals_not_only_on_ground_truth(trained, baron_worksp
     work, _ = trained
     monkeypatch.chdir(baron_workspace)
     cfg = Config.fromfile(SHAPES)
-    model = init_detector(cfg, str(work / 'iter_40.pth'), device='cpu')
+    # the newest checkpoint (test_resume may have replaced iter_40.pth: max_keep_ckpts=1)
+    model = init_detector(cfg, (work / 'last_checkpoint').read_text().strip(), device='cpu')
     pipeline = Compose(get_test_pipeline_cfg(cfg))
     images = sorted(glob.glob('data/shapes/coco/val/*.png'))[:8]
     counts, best = [], []
