@@ -1,0 +1,131 @@
+"""SceneGraphDetector: freezing, detector loading, the three modes, the prediction contract."""
+import pytest
+import torch
+from mmengine.config import ConfigDict
+
+from ovkit.sgg.detector import DETECTOR_PARTS
+from tests.sgg.model_helpers import (IMAGES, NUM_CLASSES, NUM_PREDICATES, build_in_mmdet_scope,
+                                     build_model, fake_batch, tiny_detector_cfg)
+
+MODES = ('predcls', 'sgcls', 'sgdet')
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('predictor', ['MotifsPredictor', 'IMPPredictor'])
+def test_gradients_reach_the_relation_head_and_never_the_detector(mode, predictor):
+    model = build_model(mode, predictor)
+    model.train()
+    for name in DETECTOR_PARTS:
+        assert not getattr(model, name).training  # frozen BN / eval behaviour
+    assert model.relation_head.training
+    inputs, samples = fake_batch(model)
+    losses = model.loss(inputs, samples)
+    expect = {'loss_rel'} if mode == 'predcls' else {'loss_rel', 'loss_refine_obj'}
+    assert set(losses) == expect
+    sum(losses.values()).backward()
+    for name in DETECTOR_PARTS:
+        for pname, p in getattr(model, name).named_parameters():
+            assert not p.requires_grad and p.grad is None, f'{name}.{pname} would train'
+    missing = [n for n, p in model.relation_head.named_parameters() if p.grad is None]
+    assert not missing, f'no gradient reaches {missing}'
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch():
+    model = build_model('predcls', 'MotifsPredictor')
+    model.train()
+    inputs, samples = fake_batch(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.02, momentum=0.9)
+    history = []
+    torch.manual_seed(0)
+    for _ in range(25):
+        loss = sum(model.loss(inputs, samples).values())
+        history.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)  # SGB's GRAD_NORM_CLIP
+        opt.step()
+    assert sum(history[-5:]) / 5 < 0.5 * history[0]
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_predictions_follow_the_interface(mode):
+    model = build_model(mode, 'MotifsPredictor').eval()
+    inputs, samples = fake_batch(model, training=False)
+    with torch.no_grad():
+        out = model.predict(inputs, samples)
+    for s, im in zip(out, IMAGES):
+        inst, rels = s.pred_instances, s.pred_relations
+        n = len(inst)
+        h, w = im['shape']
+        assert inst.bboxes.shape == (n, 4) and inst.scores.shape == (n,)
+        assert inst.labels.min() >= 0 and inst.labels.max() < NUM_CLASSES
+        # boxes are back in the original image
+        assert inst.bboxes[:, 0::2].max() <= w + 1e-3 and inst.bboxes[:, 1::2].max() <= h + 1e-3
+        m = len(rels)
+        assert rels.pairs.shape == (m, 2) and rels.scores.shape == (m, NUM_PREDICATES + 1)
+        assert (rels.pairs < n).all()
+        torch.testing.assert_close(rels.scores.sum(1), torch.ones(m))
+        assert torch.equal(rels.labels, rels.scores[:, 1:].argmax(1) + 1)
+        triple = (rels.scores[:, 1:].max(1).values * inst.scores[rels.pairs[:, 0]] *
+                  inst.scores[rels.pairs[:, 1]])
+        assert torch.all(triple[:-1] >= triple[1:])
+        if mode == 'sgdet':
+            assert n <= model.test_cfg.rcnn.max_per_img
+        else:
+            torch.testing.assert_close(inst.bboxes, torch.tensor(im['boxes'], dtype=torch.float),
+                                       atol=1e-4, rtol=0)
+            assert m == n * (n - 1)
+        if mode == 'predcls':
+            assert torch.equal(inst.labels, torch.tensor(im['labels']))
+            assert torch.all(inst.scores == 1.0)
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_an_image_gets_the_same_graph_alone_and_in_a_batch(mode):
+    """Batched evaluation (which SGB's Motifs forbids) must not mix images."""
+    model = build_model(mode, 'MotifsPredictor').eval()
+    same_shape = [dict(IMAGES[1]), dict(IMAGES[1], boxes=IMAGES[1]['boxes'][::-1])]
+    inputs, samples = fake_batch(model, training=False, images=same_shape)
+    with torch.no_grad():
+        both = model.predict(inputs, samples)
+        alone = model.predict(inputs[1:], [samples[1].clone()])
+    a, b = both[1], alone[0]
+    torch.testing.assert_close(a.pred_instances.bboxes, b.pred_instances.bboxes)
+    assert torch.equal(a.pred_instances.labels, b.pred_instances.labels)
+    assert torch.equal(a.pred_relations.pairs, b.pred_relations.pairs)
+    torch.testing.assert_close(a.pred_relations.scores, b.pred_relations.scores)
+
+
+def test_detector_checkpoint_loads_and_initialises_relation_mlps(tmp_path):
+    torch.manual_seed(1)
+    det = build_in_mmdet_scope(ConfigDict(tiny_detector_cfg(), type='FasterRCNN'))
+    path = tmp_path / 'det.pth'
+    torch.save(dict(state_dict=det.state_dict(), meta=dict()), path)
+    model = build_model('sgcls', 'MotifsPredictor', init=False)
+    model.detector_checkpoint = str(path)
+    model.init_weights()
+    for name in DETECTOR_PARTS:
+        mine, ref = getattr(model, name).state_dict(), getattr(det, name).state_dict()
+        for k, v in ref.items():
+            torch.testing.assert_close(mine[k], v, msg=f'{name}.{k}')
+    shared = det.roi_head.bbox_head.shared_fcs
+    for ext in (model.relation_head.box_feature_extractor,
+                model.relation_head.union_feature_extractor):
+        torch.testing.assert_close(ext.fcs[0].weight, shared[0].weight)
+        torch.testing.assert_close(ext.fcs[2].bias, shared[1].bias)
+    # the copies train; the detector's own box head does not
+    assert ext.fcs[0].weight.requires_grad
+    assert not model.roi_head.bbox_head.shared_fcs[0].weight.requires_grad
+
+
+def test_missing_detector_checkpoint_names_the_key(tmp_path):
+    model = build_model('predcls', 'MotifsPredictor', init=False)
+    model.detector_checkpoint = str(tmp_path / 'nope.pth')
+    with pytest.raises(FileNotFoundError, match='model.detector_checkpoint'):
+        model.init_weights()
+
+
+def test_bad_mode_is_a_clear_error():
+    with pytest.raises(ValueError, match='model.mode'):
+        build_model('sgdett', 'MotifsPredictor', init=False)
