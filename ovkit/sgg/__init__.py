@@ -6,14 +6,14 @@ Design facts: ``docs/sgg.md``; SGB = KaihuaTang/Scene-Graph-Benchmark.pytorch.
 from .detector import SceneGraphDetector
 from .predictors import (BaseRelationPredictor, FrequencyBias, FrequencyPredictor,
                          IMPPredictor, MotifsPredictor)
-from .relation_head import RelationHead
+from .relation_head import RelationHead, SGGStatisticsHook
 from .relation_head_features import (AllLevelsRoIExtractor, RelationBoxFeatureExtractor,
                                      RelationUnionFeatureExtractor)
 from .sampling import RelationPairSampler
 
 __all__ = [
     # model side
-    'SceneGraphDetector', 'RelationHead', 'RelationPairSampler', 'AllLevelsRoIExtractor',
-    'RelationBoxFeatureExtractor', 'RelationUnionFeatureExtractor', 'BaseRelationPredictor',
+    'SceneGraphDetector', 'RelationHead', 'SGGStatisticsHook', 'RelationPairSampler',
+    'AllLevelsRoIExtractor', 'RelationBoxFeatureExtractor', 'RelationUnionFeatureExtractor', 'BaseRelationPredictor',
     'FrequencyBias', 'FrequencyPredictor', 'IMPPredictor', 'MotifsPredictor',
 ]

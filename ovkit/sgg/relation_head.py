@@ -15,9 +15,11 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmdet.registry import MODELS, TASK_UTILS
+from mmdet.registry import HOOKS, MODELS, TASK_UTILS
 from mmdet.structures.bbox import scale_boxes
-from mmengine.model import BaseModule
+from mmengine.hooks import Hook
+from mmengine.model import BaseModule, is_model_wrapper
+from mmengine.runner import BaseLoop
 from mmengine.structures import InstanceData
 from torch import Tensor
 
@@ -58,7 +60,8 @@ class RelationHead(BaseModule):
         statistics: where the frequency statistics come from, read when the model is
             initialised for training: ``dict(dataset=<train dataset config>, cache_dir=...)``
             for :func:`ovkit.sgg.statistics.get_statistics`, or an already computed dict with
-            ``pred_dist`` [C+1, C+1, P+1] and ``obj_classes``.
+            ``pred_dist`` [C+1, C+1, P+1] and ``obj_classes``. Under an mmengine Runner,
+            :class:`SGGStatisticsHook` fills in the training dataset and the work dir (cache).
         init_cfg: mmengine init config.
     """
 
@@ -122,6 +125,9 @@ class RelationHead(BaseModule):
                 'set `model.relation_head.statistics=dict(dataset=<train dataset config>)`')
         if 'pred_dist' in cfg:
             return cfg
+        if 'dataset' not in cfg:
+            raise ValueError('model.relation_head.statistics needs `dataset` (the training '
+                             'dataset or its config); SGGStatisticsHook sets it under a Runner')
         from .statistics import get_statistics  # the dataset side of ovkit.sgg
         cfg = dict(cfg)
         return get_statistics(cfg.pop('dataset'), **cfg)
@@ -267,4 +273,31 @@ class RelationHead(BaseModule):
         rels = InstanceData(pairs=pairs[order], scores=rel_prob[order],
                             labels=rel_class[order] + 1)
         return inst, rels
+
+
+@HOOKS.register_module()
+class SGGStatisticsHook(Hook):
+    """Gives the relation head the runner's training set and work dir for its statistics.
+
+    The frequency bias is initialised from statistics of the training split when training
+    starts (``init_weights``, after ``before_run``). Unless the config already names them,
+    this hook points ``model.relation_head.statistics`` at the runner's training dataset
+    (wrappers are unwrapped; the statistics always come from the train split) and caches them
+    in the work dir, so a second run reads the ``.npz`` instead of the annotations.
+    """
+    priority = 'VERY_HIGH'
+
+    def before_run(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        head = getattr(model, 'relation_head', None)
+        loop = runner.train_loop
+        if not isinstance(head, RelationHead) or not isinstance(loop, BaseLoop):
+            return  # testing: the checkpoint holds the bias
+        cfg = dict(head.statistics_cfg or {})
+        if 'pred_dist' in cfg:
+            return
+        cfg.setdefault('dataset', loop.dataloader.dataset)
+        if cfg.get('cache_dir') is None:
+            cfg['cache_dir'] = runner.work_dir
+        head.statistics_cfg = cfg
 
