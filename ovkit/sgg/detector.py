@@ -251,11 +251,24 @@ class SceneGraphDetector(TwoStageDetector):
         return self._gt_proposals(x, data_samples)
 
     # -- mmdet entry points ---------------------------------------------------------------
+    @property
+    def needs_image_features(self) -> bool:
+        """False only for a PredCls predictor that reads no feature (the frequency baseline):
+        then the frozen detector need not run at all."""
+        head = self.relation_head
+        return (self.mode != 'predcls' or hasattr(head, 'box_feature_extractor')
+                or hasattr(head, 'union_feature_extractor'))
+
+    def _features(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
+        if self.needs_image_features:
+            return self.extract_feat(batch_inputs)
+        return (batch_inputs.new_zeros((batch_inputs.shape[0], 0)),)
+
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> dict:
-        with torch.no_grad():
-            x = self.extract_feat(batch_inputs)
-            proposals = self.object_proposals(x, batch_data_samples, training=True)
         self._check_relations(batch_data_samples)
+        with torch.no_grad():
+            x = self._features(batch_inputs)
+            proposals = self.object_proposals(x, batch_data_samples, training=True)
         gt_instances = [s.gt_instances for s in batch_data_samples]
         for g in gt_instances:
             g.bboxes = get_box_tensor(g.bboxes)
@@ -265,7 +278,7 @@ class SceneGraphDetector(TwoStageDetector):
     def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
         """Scene graphs: ``pred_instances`` and ``pred_relations`` of every data sample."""
-        x = self.extract_feat(batch_inputs)
+        x = self._features(batch_inputs)
         proposals = self.object_proposals(x, batch_data_samples, training=False)
         results = self.relation_head.predict(
             x, proposals, [s.metainfo for s in batch_data_samples], rescale=rescale)
@@ -276,7 +289,7 @@ class SceneGraphDetector(TwoStageDetector):
 
     def _forward(self, batch_inputs: Tensor, batch_data_samples: SampleList):
         """Raw predictor outputs (object logits, predicate logits per image), for analysis."""
-        x = self.extract_feat(batch_inputs)
+        x = self._features(batch_inputs)
         proposals = self.object_proposals(x, batch_data_samples, training=False)
         pairs = [self.relation_head.sampler.test_pairs(p.bboxes, self.mode != 'sgdet')
                  for p in proposals]

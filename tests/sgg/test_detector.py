@@ -129,3 +129,21 @@ def test_missing_detector_checkpoint_names_the_key(tmp_path):
 def test_bad_mode_is_a_clear_error():
     with pytest.raises(ValueError, match='model.mode'):
         build_model('sgdett', 'MotifsPredictor', init=False)
+
+
+def test_frequency_baseline_in_predcls_never_runs_the_detector():
+    model = build_model('predcls', 'FrequencyPredictor')
+    assert not model.needs_image_features
+
+    def boom(*args, **kwargs):
+        raise AssertionError('the frozen detector ran')
+    model.extract_feat = boom
+    inputs, samples = fake_batch(model)
+    losses = model.train().loss(inputs, samples)
+    losses['loss_rel'].backward()
+    assert model.relation_head.predictor.freq_bias.obj_baseline.weight.grad is not None
+    inputs, samples = fake_batch(model, training=False)
+    with torch.no_grad():
+        out = model.eval().predict(inputs, samples)
+    assert len(out[0].pred_relations) == 12
+    assert build_model('sgcls', 'FrequencyPredictor', init=False).needs_image_features
