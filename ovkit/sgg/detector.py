@@ -221,12 +221,10 @@ class SceneGraphDetector(TwoStageDetector):
         order = torch.argsort(dets[:, -1], descending=True, stable=True)
         box_idx, det_labels, det_scores = box_idx[order], det_labels[order], dets[order, -1]
         # first (= best) surviving class of every box
-        first = torch.ones_like(box_idx, dtype=torch.bool)
-        if box_idx.numel():
-            seen = torch.zeros(n, dtype=torch.bool, device=boxes.device)
-            for k, b in enumerate(box_idx.tolist()):
-                first[k] = not seen[b]
-                seen[b] = True
+        k = box_idx.numel()
+        first_pos = torch.full((n,), k, dtype=torch.long, device=boxes.device).scatter_reduce(
+            0, box_idx, torch.arange(k, device=boxes.device), reduce='amin')
+        first = first_pos[first_pos < k].sort()[0]
         box_idx, det_labels, det_scores = box_idx[first], det_labels[first], det_scores[first]
         max_per_img = cfg.get('max_per_img', 80)
         if max_per_img > 0:

@@ -147,3 +147,44 @@ def test_frequency_baseline_in_predcls_never_runs_the_detector():
         out = model.eval().predict(inputs, samples)
     assert len(out[0].pred_relations) == 12
     assert build_model('sgcls', 'FrequencyPredictor', init=False).needs_image_features
+
+
+def _sgb_filter_results(boxes, scores, score_thr, nms_thr, max_per_img):
+    """SGB box_head/inference.py ``filter_results`` (NMS_FILTER_DUPLICATES) with torchvision's
+    NMS; ``scores`` in SGB order (background first)."""
+    from torchvision.ops import nms
+    num_classes = scores.shape[1]
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    for j in range(1, num_classes):
+        inds = (scores[:, j] > score_thr).nonzero()[:, 0]
+        keep = nms(boxes[inds, j], scores[inds, j], nms_thr)
+        mask[inds[keep], j] = True
+    best, labels = (scores * mask).max(1)
+    idx = best.nonzero()[:, 0]
+    order = best[idx].argsort(descending=True)[:max_per_img]
+    return idx[order], labels[idx[order]], best[idx[order]]
+
+
+def test_sgdet_boxes_follow_sgb_relation_mode_postprocessing():
+    model = build_model('sgdet', 'MotifsPredictor').eval()
+    g = torch.Generator().manual_seed(3)
+    n, c = 40, NUM_CLASSES
+    xy = torch.rand(n, 2, generator=g) * 60
+    props = torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 30], 1)
+    cls_score = torch.randn(n, c + 1, generator=g) * 2
+    bbox_pred = torch.randn(n, 4 * c, generator=g) * 0.1
+    meta = dict(img_shape=(120, 128))
+    labels = torch.randint(0, c + 1, (n,), generator=g)
+    out = model._detections(props, cls_score, bbox_pred, meta, labels)
+    per_cls = model.roi_head.bbox_head.bbox_coder.decode(
+        props.repeat_interleave(c, 0), bbox_pred.view(-1, 4), max_shape=(120, 128)).view(n, c, 4)
+    sgb_boxes = torch.cat([props[:, None], per_cls], 1)
+    sgb_scores = torch.cat([cls_score.softmax(1)[:, -1:], cls_score.softmax(1)[:, :-1]], 1)
+    idx, lab, score = _sgb_filter_results(sgb_boxes, sgb_scores, 0.01, 0.3,
+                                          model.test_cfg.rcnn.max_per_img)
+    assert len(out) == len(idx) == model.test_cfg.rcnn.max_per_img
+    torch.testing.assert_close(out.det_scores, score)
+    torch.testing.assert_close(out.bboxes, sgb_boxes[idx, lab])
+    torch.testing.assert_close(out.boxes_per_cls, sgb_boxes[idx])
+    torch.testing.assert_close(out.predict_logits.softmax(1), sgb_scores[idx])
+    assert torch.equal(out.labels, labels[idx])
