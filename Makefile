@@ -1,11 +1,11 @@
-# ovkit: make install | make test | make demo | make bench
+# ovkit: make install | make lint | make test | make demo | make bench
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ovkit-installed
 NPROC ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -15,10 +15,14 @@ $(STAMP): setup.py $(wildcard requirements/*.txt) $(wildcard tools/install/*)
 	VENV=$(VENV) bash tools/install/install.sh
 	touch $(STAMP)
 
-test: install
+# Lint first: a fast failure before the slow suite (settings in ruff.toml).
+lint: install
+	$(PY) -m ruff check .
+
+test: install lint
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install lint
 	$(PY) -m pytest tests -m "not e2e" $(PYTEST_ARGS)
 
 demo: install

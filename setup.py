@@ -40,6 +40,7 @@ setup(
     read_requirements('runtime.txt'),
     extras_require=dict(
         tests=read_requirements('tests.txt'), optional=read_requirements('optional.txt')),
-    include_package_data=True,
+    # Shipped lists and templates (ovkit.metadata's resolver finds them in a wheel install too).
+    package_data={'ovkit.metadata': ['*.txt', '*.json', '*.csv']},
     zip_safe=False,
 )

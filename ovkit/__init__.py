@@ -1,8 +1,8 @@
 """ovkit: OpenMMLab plugin modules.
 
-``import ovkit`` is light: it applies the upstream fixes in :mod:`ovkit.compat` and registers
-nothing. ``import ovkit.baron`` (etc.) registers a family; :func:`register_all_modules`
-imports every family.
+``import ovkit`` is light: it installs the lazy upstream fixes of :mod:`ovkit.compat` and
+registers nothing (it imports neither torch nor any OpenMMLab package). ``import ovkit.baron``
+(etc.) registers a family; :func:`register_all_modules` imports every family.
 """
 import importlib
 
@@ -10,22 +10,24 @@ from . import compat
 from .version import __version__
 
 compat.apply()
-from . import amp  # noqa: E402,F401  (registers OVKitCPUAmpOptimWrapper)
 
 FAMILIES = ('ovkit.baron', 'ovkit.sgg', 'ovkit.pptsm', 'ovkit.vit', 'ovkit.accuracy')
 
 
 def register_all_modules():
-    """Import every family so that its modules are registered in the host registries."""
+    """Import every family (and the CPU AMP wrapper) so their modules are registered."""
+    importlib.import_module('ovkit.compat.amp')
     return [importlib.import_module(name) for name in FAMILIES]
 
 
 def env_summary():
     """One line naming the versions that matter for bug reports."""
     import importlib.metadata as md
+
     import torch
     names = ('mmengine', 'mmcv', 'mmdet', 'mmaction2', 'mmpretrain', 'open_clip_torch', 'numpy')
-    parts = [f'ovkit {__version__}', f'torch {torch.__version__} (cuda={torch.cuda.is_available()})']
+    parts = [f'ovkit {__version__}',
+             f'torch {torch.__version__} (cuda={torch.cuda.is_available()})']
     for name in names:
         try:
             parts.append(f'{name} {md.version(name)}')

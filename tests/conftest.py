@@ -30,5 +30,5 @@ def shapes_workspace(tmp_path_factory):
     """A working folder holding data/shapes, as a user's checkout would after make_shapes."""
     from ovkit.shapes import make_shapes
     ws = tmp_path_factory.mktemp('ws')
-    make_shapes(str(ws / 'data' / 'shapes'), seed=0)
+    make_shapes(str(ws / 'data' / 'shapes'), seed=0, kinds=['coco'])
     return ws

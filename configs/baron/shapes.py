@@ -9,13 +9,16 @@ _base_ = [
     '../_base_/models/faster_rcnn_r18_fpn_tiny.py',
     '../_base_/datasets/shapes_detection.py',
     '../_base_/schedules/tiny_iters.py',
-    '../_base_/default_runtime.py',
+    '../_base_/mmdet_runtime.py',
 ]
+from ovkit.shapes import NOVEL_CLASS_IDS, SHAPE_CLASSES
+
 custom_imports = dict(imports=['ovkit.baron'], allow_failed_imports=False)
 
 clip_cfg = dict(model_name='tiny', seed=0)  # text width 64, embed dim 64 (ovkit.clip)
+data_root = 'data/shapes/coco/'
 cls_embeddings_path = 'data/shapes/baron/shapes_tiny_clip.npy'
-novel_class_ids = [6, 7]  # star, ring (ovkit.shapes.NOVEL_CLASSES)
+novel_class_ids = list(NOVEL_CLASS_IDS)  # star, ring (ovkit.shapes.NOVEL_CLASSES)
 
 model = dict(
     type='Baron',
@@ -24,6 +27,7 @@ model = dict(
         type='BaronRoIHead',
         bbox_head=dict(
             type='BaronShared2FCBBoxHead',
+            num_classes=len(SHAPE_CLASSES),
             num_words=4,
             word_dim=64,
             cls_embeddings_path=cls_embeddings_path,
@@ -50,7 +54,7 @@ train_dataloader = dict(dataset=dict(ann_file='annotations/train_base.json'))
 val_evaluator = dict(
     _delete_=True,
     type='OVCocoAP50Metric',
-    ann_file='data/shapes/coco/annotations/val.json',
+    ann_file=data_root + 'annotations/val.json',
     metric='bbox')
 test_evaluator = val_evaluator
 

@@ -5,8 +5,11 @@ _base_ = [
     '../_base_/models/faster_rcnn_r18_fpn_tiny.py',
     '../_base_/datasets/shapes_detection.py',
     '../_base_/schedules/tiny_iters.py',
-    '../_base_/default_runtime.py',
+    '../_base_/mmdet_runtime.py',
 ]
+from ovkit.shapes import SHAPE_CLASSES
+
+model = dict(roi_head=dict(bbox_head=dict(num_classes=len(SHAPE_CLASSES))))
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=5),
     checkpoint=dict(type='CheckpointHook', interval=20, by_epoch=False, max_keep_ckpts=3))

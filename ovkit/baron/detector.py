@@ -26,7 +26,7 @@ class Baron(TwoStageDetector):
     """
 
     def __init__(self, *args, clip_cfg=None, save_clip=False, vocabulary=None,
-                 prompt_templates='data/metadata/prompt_templates.txt', roi_head=None, **kwargs):
+                 prompt_templates='prompt_templates.txt', roi_head=None, **kwargs):
         if clip_cfg is None:
             raise ValueError("Baron needs clip_cfg=dict(model_name='ViT-B-32', "
                              "checkpoint='checkpoints/clip/ViT-B-32.pt') (see README).")

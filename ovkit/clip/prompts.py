@@ -5,49 +5,24 @@ to) and at open-vocabulary test time for new class lists. Both call
 :func:`build_class_embeddings`, which encodes prompts through ``CLIPModel.encode_text`` with the
 same ``layer`` the detector uses for regions, so the two always share one space.
 """
-import os.path as osp
 import string
 from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ovkit.metadata import class_names, read_lines
+
 __all__ = ['load_class_names', 'load_prompt_templates', 'format_prompt', 'build_class_embeddings']
 
 
-# ovkit's checkout, whose data/metadata/ ships the class lists and templates.
-_REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def _read_lines(path: str, what: str) -> List[str]:
-    # A relative path that is not under the working directory is looked up in the checkout, so
-    # configs can name 'data/metadata/...' wherever the run starts.
-    if not osp.isfile(path) and not osp.isabs(path) and osp.isfile(osp.join(_REPO, path)):
-        path = osp.join(_REPO, path)
-    if not osp.isfile(path):
-        raise FileNotFoundError(
-            f"{what} file '{path}' not found (absolute: {osp.abspath(path)}). ovkit ships them "
-            'in data/metadata/ of the repository; pass that path or write your own (one entry '
-            'per line).')
-    with open(path, encoding='utf-8') as f:
-        lines = [line.strip() for line in f]
-    return [line for line in lines if line and not line.startswith('#')]
-
-
 def load_class_names(path: str) -> List[str]:
-    """Class names, one per line (blank lines and ``#`` comments skipped), order preserved."""
-    names = _read_lines(path, 'class names')
-    if not names:
-        raise ValueError(f"class names file '{path}' has no class names.")
-    seen, dups = set(), []
-    for name in names:
-        if name in seen:
-            dups.append(name)
-        seen.add(name)
-    if dups:
-        raise ValueError(f"class names file '{path}' repeats {sorted(set(dups))}; each class "
-                         'must appear once (its row index is its label).')
-    return names
+    """Class names, one per line (blank lines and ``#`` comments skipped), order preserved.
+
+    Args:
+        path: a file path, or the name of a list ovkit ships (``ovkit.metadata``).
+    """
+    return list(class_names(path))
 
 
 def _check_template(template: str, where: str):
@@ -59,7 +34,7 @@ def _check_template(template: str, where: str):
 
 def load_prompt_templates(path: str) -> List[str]:
     """Prompt templates, one per line, each with one ``{}`` (class name), optional ``{article}``."""
-    templates = _read_lines(path, 'prompt templates')
+    templates = read_lines(path, 'prompt templates')
     if not templates:
         raise ValueError(f"prompt templates file '{path}' has no templates.")
     for i, template in enumerate(templates):

@@ -1,1 +1,1 @@
-"""See ARCHITECTURE.md; this family arrives with its issue."""
+"""Arrives with its issue; the family contract it will follow is docs/architecture.md."""

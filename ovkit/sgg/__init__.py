@@ -2,7 +2,7 @@
 
 Design facts: ``docs/sgg.md``; SGB = KaihuaTang/Scene-Graph-Benchmark.pytorch.
 """
-# --- model side (sgg-model): detector, relation head, pair sampler, predictors ---------------
+# --- model side (sgg-model): detector, relation head, pair sampler, predictors ---
 from .detector import SceneGraphDetector
 from .predictors import (BaseRelationPredictor, FrequencyBias, FrequencyPredictor,
                          IMPPredictor, MotifsPredictor)
@@ -11,9 +11,10 @@ from .relation_head_features import (AllLevelsRoIExtractor, RelationBoxFeatureEx
                                      RelationUnionFeatureExtractor)
 from .sampling import RelationPairSampler
 
+# --- end model side ---
 __all__ = [
-    # model side
     'SceneGraphDetector', 'RelationHead', 'SGGStatisticsHook', 'RelationPairSampler',
-    'AllLevelsRoIExtractor', 'RelationBoxFeatureExtractor', 'RelationUnionFeatureExtractor', 'BaseRelationPredictor',
-    'FrequencyBias', 'FrequencyPredictor', 'IMPPredictor', 'MotifsPredictor',
+    'AllLevelsRoIExtractor', 'RelationBoxFeatureExtractor', 'RelationUnionFeatureExtractor',
+    'BaseRelationPredictor', 'FrequencyBias', 'FrequencyPredictor', 'IMPPredictor',
+    'MotifsPredictor',
 ]

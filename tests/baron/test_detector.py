@@ -8,8 +8,8 @@ import torch
 from mmengine.config import Config
 
 import ovkit.baron  # noqa: F401
-from tests.conftest import REPO
 from ovkit.shapes import SHAPE_CLASSES
+from tests.conftest import REPO
 
 CONFIG = osp.join(REPO, 'configs', 'baron', 'shapes.py')
 
@@ -20,7 +20,7 @@ def model_cfg(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('baron')
     clip = build_clip(dict(model_name='tiny', seed=0))
     emb = build_class_embeddings(clip, list(SHAPE_CLASSES),
-                                 load_prompt_templates('data/metadata/prompt_templates.txt')[:3])
+                                 load_prompt_templates('prompt_templates.txt')[:3])
     path = tmp / 'emb.npy'
     np.save(path, emb.numpy())
     cfg = Config.fromfile(CONFIG)
@@ -116,7 +116,7 @@ def test_open_vocabulary_classes_at_build_time(model_cfg):
     assert head.num_classes == 3 and head.cls_embeddings.shape[0] == 3
     from ovkit.clip import build_class_embeddings, load_prompt_templates
     expected = build_class_embeddings(model.clip, names, load_prompt_templates(
-        'data/metadata/prompt_templates.txt'), layer=head.text_layer)
+        'prompt_templates.txt'), layer=head.text_layer)
     torch.testing.assert_close(head.cls_embeddings, torch.nn.functional.normalize(expected, dim=-1))
     # A class-specific box regressor cannot take another class count.
     cfg.roi_head.bbox_head.reg_class_agnostic = False

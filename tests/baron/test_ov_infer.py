@@ -1,5 +1,4 @@
 """tools/ov_infer.py: open-vocabulary inference with class names given on the command line."""
-import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -15,14 +14,7 @@ SHAPES = osp.join(REPO, 'configs', 'baron', 'shapes.py')
 TOOL = osp.join(REPO, 'tools', 'ov_infer.py')
 
 
-def _load_tool(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ov_infer = _load_tool(TOOL, 'ovkit_ov_infer_tool')
+from ovkit.baron import ov_infer  # noqa: E402  (the tool's logic; TOOL is its entry point)
 
 
 # --------------------------------------------------------------------------- bad inputs (fast)
@@ -63,7 +55,7 @@ def test_empty_or_repeated_class_names(files, capsys, classes, expect):
 def test_classes_file_errors(files, capsys):
     missing = str(files['tmp'] / 'nope.txt')
     err = _error(capsys, [SHAPES, files['ckpt'], files['img'], '--classes-file', missing])
-    assert f"--classes-file '{missing}' not found" in err
+    assert f"--classes-file: class names file '{missing}' not found" in err
     dup = files['tmp'] / 'dup.txt'
     dup.write_text('cat\n# a comment\ndog\ncat\n')
     err = _error(capsys, [SHAPES, files['ckpt'], files['img'], '--classes-file', str(dup)])
@@ -94,7 +86,7 @@ def test_model_without_vocabulary_is_refused(files, capsys):
     base = osp.join(REPO, 'configs', '_base_')
     cfg = files['tmp'] / 'frcnn.py'
     cfg.write_text(f"_base_ = [{osp.join(base, 'models', 'faster_rcnn_r18_fpn_tiny.py')!r}, "
-                   f"{osp.join(base, 'default_runtime.py')!r}]\n")
+                   f"{osp.join(base, 'mmdet_runtime.py')!r}]\n")
     err = _error(capsys, [str(cfg), files['ckpt'], files['img'], '--classes', 'cat'])
     assert "model type 'FasterRCNN' does not take a vocabulary" in err
 
@@ -116,17 +108,16 @@ def test_output_names_are_unique():
 def workspace(tmp_path_factory):
     """shapes data, the tiny-CLIP embeddings the shapes config reads, and an 8-class checkpoint
     of a randomly initialised shapes BARON."""
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.runner import save_checkpoint
 
     import ovkit.baron  # noqa: F401
-    from mmdet.registry import MODELS
     from ovkit.shapes import make_shapes
     ws = tmp_path_factory.mktemp('ov_infer')
-    make_shapes(str(ws / 'data' / 'shapes'), seed=0)
-    gen = _load_tool(osp.join(REPO, 'tools', 'data', 'gen_class_embeddings.py'),
-                     'ovkit_gen_class_embeddings_tool')
+    make_shapes(str(ws / 'data' / 'shapes'), seed=0, kinds=['coco'])
+    from ovkit.clip import gen_class_embeddings as gen
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ws)
         gen.main(['--model-name', 'tiny', '--classes', 'data/shapes/classes.txt',
@@ -139,7 +130,7 @@ def workspace(tmp_path_factory):
         model.init_weights()
     assert model.roi_head.bbox_head.num_classes == 8
     ckpt = ws / 'baron_shapes_random.pth'
-    save_checkpoint(dict(meta=dict(dataset_meta=dict(classes=cfg.classes)),
+    save_checkpoint(dict(meta=dict(dataset_meta=dict(classes=cfg.metainfo.classes)),
                          state_dict=model.state_dict()), str(ckpt))
     return ws, ckpt
 
@@ -174,7 +165,7 @@ def test_new_vocabulary_end_to_end(workspace, monkeypatch, capsys):
     # Embeddings: the model's equal an independent computation from the same frozen CLIP...
     head = model.roi_head.bbox_head
     assert head.num_classes == 3 and head.cls_embeddings.shape == (3, 64)
-    templates = load_prompt_templates(osp.join(REPO, 'data', 'metadata', 'prompt_templates.txt'))
+    templates = load_prompt_templates('prompt_templates.txt')
     expected = build_class_embeddings(build_clip(dict(model_name='tiny', seed=0)), names,
                                       templates, layer=head.text_layer)
     torch.testing.assert_close(head.cls_embeddings, expected, rtol=0, atol=1e-5)

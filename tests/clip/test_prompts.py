@@ -1,17 +1,12 @@
 """Class names, prompt templates, class embeddings and tools/data/gen_class_embeddings.py."""
-import importlib.util
-import os.path as osp
 
 import numpy as np
 import pytest
 import torch
 
-from ovkit.clip import (build_class_embeddings, build_clip, load_class_names,
-                        load_prompt_templates)
+from ovkit.clip import build_class_embeddings, build_clip, load_class_names, load_prompt_templates
 from ovkit.clip.prompts import format_prompt
-
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-META = osp.join(REPO, 'data', 'metadata')
+from ovkit.metadata import metadata_path
 
 
 @pytest.fixture(scope='module')
@@ -20,11 +15,8 @@ def clip():
 
 
 def _tool():
-    path = osp.join(REPO, 'tools', 'data', 'gen_class_embeddings.py')
-    spec = importlib.util.spec_from_file_location('gen_class_embeddings', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from ovkit.clip import gen_class_embeddings
+    return gen_class_embeddings
 
 
 def _ref_features(clip, texts, layer):
@@ -51,17 +43,17 @@ def _ref_embeddings(clip, names, templates, layer):
 
 
 def test_shipped_class_lists():
-    coco = load_class_names(osp.join(META, 'coco_80.txt'))
-    ov = load_class_names(osp.join(META, 'coco_ov_65.txt'))
-    base = load_class_names(osp.join(META, 'coco_ov_48_base.txt'))
-    novel = load_class_names(osp.join(META, 'coco_ov_17_novel.txt'))
+    coco = load_class_names(metadata_path('coco_80.txt'))
+    ov = load_class_names(metadata_path('coco_ov_65.txt'))
+    base = load_class_names(metadata_path('coco_ov_48_base.txt'))
+    novel = load_class_names(metadata_path('coco_ov_17_novel.txt'))
     assert len(coco) == 80 and coco[0] == 'person' and coco[-1] == 'toothbrush'
     assert (len(ov), len(base), len(novel)) == (65, 48, 17)
     assert not set(base) & set(novel) and set(base) | set(novel) == set(ov)
     assert ov == [c for c in coco if c in set(ov)]  # COCO order
     assert [ov.index(c) for c in novel] == [4, 5, 11, 12, 15, 16, 21, 23, 27, 29, 32, 34, 45,
                                              47, 54, 58, 63]
-    templates = load_prompt_templates(osp.join(META, 'prompt_templates.txt'))
+    templates = load_prompt_templates(metadata_path('prompt_templates.txt'))
     assert len(templates) >= 10 and all(t.count('{}') == 1 for t in templates)
 
 
@@ -115,7 +107,7 @@ def test_tool_writes_embeddings(clip, tmp_path):
     assert saved.shape == (3, 64) and saved.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(saved, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(saved, feats.numpy(), atol=0)
-    templates = load_prompt_templates(osp.join(META, 'prompt_templates.txt'))
+    templates = load_prompt_templates(metadata_path('prompt_templates.txt'))
     ref = build_class_embeddings(clip, ['cat', 'traffic light', 'teddy bear'], templates,
                                  layer=1)
     np.testing.assert_allclose(saved, ref.numpy(), atol=1e-6)

@@ -1,5 +1,6 @@
 """The one-command install: pins, idempotence, the stack it promises."""
 import importlib.metadata as md
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -48,3 +49,31 @@ def test_torch_pair_and_mmcv_ops_work():
     out = roi_align(feat, torch.tensor([[0., 0., 0., 4., 4.]]), (1, 1), 1.0, 2, 'avg', True)
     # The mean of the whole 4x4 map, sampled at 2x2 bilinear points: computed by hand.
     assert abs(out.item() - feat.mean().item()) < 1e-5
+
+
+def test_wheel_ships_metadata_and_resolver_finds_it(tmp_path):
+    """A wheel install (no checkout) finds the shipped class lists and templates."""
+    import glob
+    import zipfile
+    proc = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
+                           '--no-build-isolation', '-q', '-w', str(tmp_path / 'dist'), REPO],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = glob.glob(str(tmp_path / 'dist' / 'ovkit-*.whl'))
+    names = zipfile.ZipFile(wheel).namelist()
+    for shipped in ('coco_ov_65.txt', 'lvis_v1_1203.txt', 'prompt_templates.txt'):
+        assert f'ovkit/metadata/{shipped}' in names
+    site = tmp_path / 'site'
+    proc = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
+                           '--target', str(site), wheel], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    code = ('import ovkit; from ovkit.metadata import class_names, metadata_path; '
+            "print(ovkit.__file__); print(len(class_names('coco_ov_65.txt'))); "
+            "print(metadata_path('prompt_templates.txt'))")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(site)), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    init, count, templates = proc.stdout.split()
+    assert init.startswith(str(site)) and templates.startswith(str(site))  # not the checkout
+    assert count == '65'

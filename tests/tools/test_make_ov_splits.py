@@ -1,5 +1,4 @@
 """tools/data/make_ov_splits.py on tiny synthetic COCO / LVIS jsons, and the shipped class lists."""
-import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -7,13 +6,12 @@ import sys
 
 import pytest
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TOOL = osp.join(REPO, 'tools', 'data', 'make_ov_splits.py')
-META = osp.join(REPO, 'data', 'metadata')
+from ovkit.metadata import metadata_path
+from tests.conftest import REPO
 
-_spec = importlib.util.spec_from_file_location('make_ov_splits', TOOL)
-mos = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mos)
+TOOL = osp.join(REPO, 'tools', 'data', 'make_ov_splits.py')
+
+from ovkit.baron import ov_splits as mos  # noqa: E402  (the tool's logic; TOOL runs it)
 
 # The OVR-CNN novel split, as published (Zareian et al. 2021; used by BARON, Detic, ViLD...).
 STANDARD_NOVEL = ['airplane', 'bus', 'cat', 'dog', 'cow', 'elephant', 'umbrella', 'tie',
@@ -22,7 +20,7 @@ STANDARD_NOVEL = ['airplane', 'bus', 'cat', 'dog', 'cow', 'elephant', 'umbrella'
 
 
 def _names(fname):
-    with open(osp.join(META, fname)) as f:
+    with open(metadata_path(fname)) as f:
         return [s.strip() for s in f if s.strip() and not s.startswith('#')]
 
 

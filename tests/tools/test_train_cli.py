@@ -1,5 +1,4 @@
 """tools/train.py flag handling that the e2e runs do not cover."""
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -11,11 +10,8 @@ CONFIG = osp.join(REPO, 'configs', 'shapes', 'faster_rcnn_tiny.py')
 
 
 def _train_module():
-    spec = importlib.util.spec_from_file_location('ovkit_train_tool',
-                                                  osp.join(REPO, 'tools', 'train.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from ovkit.tools import train
+    return train
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU fallback of --amp')
@@ -43,7 +39,7 @@ def test_resume_auto_and_cfg_options():
 
 
 def test_amp_rejects_bad_dtype():
-    from ovkit.amp import OVKitCPUAmpOptimWrapper
+    from ovkit.compat.amp import OVKitCPUAmpOptimWrapper
     with pytest.raises(ValueError, match='bfloat16 or float16'):
         OVKitCPUAmpOptimWrapper(dtype='float64', optimizer=torch.optim.SGD(
             torch.nn.Linear(1, 1).parameters(), lr=0.1))

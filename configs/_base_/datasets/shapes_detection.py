@@ -1,8 +1,10 @@
-# COCO-format shapes detection data made by `python tools/data/make_shapes.py --out data/shapes`.
-dataset_type = 'CocoDataset'
+# COCO-format shapes detection data (`python tools/data/make_shapes.py --out data/shapes`):
+# mmdet's COCO detection base with the shapes root, class list and a 128-pixel scale.
+_base_ = 'mmdet::_base_/datasets/coco_detection.py'
+from ovkit.shapes import SHAPE_CLASSES
+
 data_root = 'data/shapes/coco/'
-classes = ('circle', 'square', 'triangle', 'diamond', 'cross', 'hexagon', 'star', 'ring')
-metainfo = dict(classes=classes)
+metainfo = dict(classes=SHAPE_CLASSES)
 img_scale = (128, 128)
 backend_args = None
 
@@ -21,41 +23,25 @@ test_pipeline = [
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 train_dataloader = dict(
-    batch_size=2,
     num_workers=0,
     persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    batch_sampler=dict(type='AspectRatioBatchSampler'),
     dataset=dict(
-        type=dataset_type,
         data_root=data_root,
         metainfo=metainfo,
         ann_file='annotations/train.json',
         data_prefix=dict(img='train/'),
         filter_cfg=dict(filter_empty_gt=True, min_size=4),
-        pipeline=train_pipeline,
-        backend_args=backend_args))
+        pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=2,
     num_workers=0,
     persistent_workers=False,
-    drop_last=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
-        type=dataset_type,
         data_root=data_root,
         metainfo=metainfo,
         ann_file='annotations/val.json',
         data_prefix=dict(img='val/'),
-        test_mode=True,
-        pipeline=test_pipeline,
-        backend_args=backend_args))
+        pipeline=test_pipeline))
 test_dataloader = val_dataloader
-
-val_evaluator = dict(
-    type='CocoMetric',
-    ann_file=data_root + 'annotations/val.json',
-    metric='bbox',
-    format_only=False,
-    backend_args=backend_args)
+val_evaluator = dict(ann_file=data_root + 'annotations/val.json')
 test_evaluator = val_evaluator

@@ -1,82 +1,26 @@
 # A deliberately tiny Faster R-CNN (ResNet-18 at 1/4 width, 32-channel FPN) that trains on a CPU
-# in seconds. Same structure as mmdet's faster-rcnn_r50_fpn, only narrower.
+# in seconds: mmdet's faster-rcnn_r50_fpn base, only narrower and randomly initialised.
+_base_ = 'mmdet::_base_/models/faster-rcnn_r50_fpn.py'
+
 model = dict(
-    type='FasterRCNN',
-    data_preprocessor=dict(
-        type='DetDataPreprocessor',
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True,
-        pad_size_divisor=32),
     backbone=dict(
-        type='ResNet',
         depth=18,
         base_channels=16,
-        num_stages=4,
-        out_indices=(0, 1, 2, 3),
         frozen_stages=-1,
-        norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
-        style='pytorch',
-        init_cfg=None),
-    neck=dict(type='FPN', in_channels=[16, 32, 64, 128], out_channels=32, num_outs=5),
+        init_cfg=None),  # no ImageNet download: the tiny model trains from scratch
+    neck=dict(in_channels=[16, 32, 64, 128], out_channels=32),
     rpn_head=dict(
-        type='RPNHead',
         in_channels=32,
         feat_channels=32,
-        anchor_generator=dict(
-            type='AnchorGenerator', scales=[4], ratios=[0.5, 1.0, 2.0],
-            strides=[4, 8, 16, 32, 64]),
-        bbox_coder=dict(
-            type='DeltaXYWHBBoxCoder', target_means=[.0, .0, .0, .0],
-            target_stds=[1.0, 1.0, 1.0, 1.0]),
-        loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
-        loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
+        anchor_generator=dict(scales=[4])),
     roi_head=dict(
-        type='StandardRoIHead',
-        bbox_roi_extractor=dict(
-            type='SingleRoIExtractor',
-            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
-            out_channels=32,
-            featmap_strides=[4, 8, 16, 32]),
-        bbox_head=dict(
-            type='Shared2FCBBoxHead',
-            in_channels=32,
-            fc_out_channels=64,
-            roi_feat_size=7,
-            num_classes=8,
-            bbox_coder=dict(
-                type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.],
-                target_stds=[0.1, 0.1, 0.2, 0.2]),
-            reg_class_agnostic=False,
-            loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
-            loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
+        bbox_roi_extractor=dict(out_channels=32),
+        bbox_head=dict(in_channels=32, fc_out_channels=64)),
     train_cfg=dict(
-        rpn=dict(
-            assigner=dict(
-                type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
-                match_low_quality=True, ignore_iof_thr=-1),
-            sampler=dict(
-                type='RandomSampler', num=128, pos_fraction=0.5, neg_pos_ub=-1,
-                add_gt_as_proposals=False),
-            allowed_border=-1,
-            pos_weight=-1,
-            debug=False),
-        rpn_proposal=dict(
-            nms_pre=1000, max_per_img=300, nms=dict(type='nms', iou_threshold=0.7),
-            min_bbox_size=0),
-        rcnn=dict(
-            assigner=dict(
-                type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
-                match_low_quality=False, ignore_iof_thr=-1),
-            sampler=dict(
-                type='RandomSampler', num=128, pos_fraction=0.25, neg_pos_ub=-1,
-                add_gt_as_proposals=True),
-            pos_weight=-1,
-            debug=False)),
+        rpn=dict(sampler=dict(num=128)),
+        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+        rcnn=dict(sampler=dict(num=128))),
     test_cfg=dict(
-        rpn=dict(
-            nms_pre=500, max_per_img=100, nms=dict(type='nms', iou_threshold=0.7),
-            min_bbox_size=0),
-        rcnn=dict(
-            score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=50)))
+        rpn=dict(nms_pre=500, max_per_img=100),
+        rcnn=dict(score_thr=0.05, max_per_img=50)))

@@ -3,9 +3,10 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from ovkit.shapes import BASE_CLASSES, NOVEL_CLASSES, SHAPE_CLASSES, make_shapes
+from ovkit.shapes import BASE_CLASSES, NOVEL_CLASSES, SHAPE_CLASSES, WRITERS, make_shapes
 
 
 def _digest(root):
@@ -18,15 +19,17 @@ def _digest(root):
 
 
 def test_deterministic_by_seed(tmp_path):
-    make_shapes(str(tmp_path / 'a'), seed=3, num_train=6, num_val=2)
-    make_shapes(str(tmp_path / 'b'), seed=3, num_train=6, num_val=2)
-    make_shapes(str(tmp_path / 'c'), seed=4, num_train=6, num_val=2)
+    opts = dict(coco=dict(num_train=6, num_val=2))
+    make_shapes(str(tmp_path / 'a'), seed=3, options=opts)
+    make_shapes(str(tmp_path / 'b'), seed=3, options=opts)
+    make_shapes(str(tmp_path / 'c'), seed=4, options=opts)
     assert _digest(tmp_path / 'a') == _digest(tmp_path / 'b')
     assert _digest(tmp_path / 'a') != _digest(tmp_path / 'c')
 
 
 def test_coco_format_and_open_vocabulary_split(tmp_path):
-    paths = make_shapes(str(tmp_path), seed=0, num_train=30, num_val=10, size=96)
+    paths = make_shapes(str(tmp_path), seed=0, kinds=['coco'],
+                        options=dict(coco=dict(num_train=30, num_val=10, size=96)))['coco']
     train = json.load(open(paths['train']))
     base = json.load(open(paths['train_base']))
     val = json.load(open(paths['val']))
@@ -53,9 +56,16 @@ def test_coco_format_and_open_vocabulary_split(tmp_path):
 
 
 def test_imagefolder_tree(tmp_path):
-    make_shapes(str(tmp_path), seed=0, num_train=2, num_val=1)
+    make_shapes(str(tmp_path), seed=0, kinds=['imagefolder'])
+    assert not (tmp_path / 'coco').exists()  # only the kinds asked for
     for split, n in (('train', 8), ('val', 4)):
         classes = sorted(os.listdir(tmp_path / 'imagefolder' / split))
         assert classes == sorted(SHAPE_CLASSES)
         for c in classes:
             assert len(os.listdir(tmp_path / 'imagefolder' / split / c)) == n
+
+
+def test_unknown_kind_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown shapes kinds \\['videos'\\]"):
+        make_shapes(str(tmp_path), kinds=['videos'])
+    assert set(WRITERS) >= {'coco', 'imagefolder'}

@@ -1,7 +1,7 @@
 """Stand-in for ``mmaction.models.localizers.drn`` (missing from the mmaction2 1.2.0 wheel).
 
-Served by ovkit.compat so that ``import mmaction.models`` works. Building DRN itself fails
-with a message that says how to get the real module.
+Served by :mod:`ovkit.compat.mmaction_drn` so that ``import mmaction.models`` works. Building
+DRN itself fails with a message that says how to get the real module.
 """
 from mmaction.registry import MODELS
 from torch import nn

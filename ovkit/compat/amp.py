@@ -4,8 +4,9 @@ mmengine's AmpOptimWrapper asserts a CUDA/NPU/MLU device and scales losses for f
 the useful mixed precision is bf16 autocast, which has fp32's exponent range and needs no
 loss scaling, so this wrapper only adds the autocast context to the plain OptimWrapper.
 """
-import torch
 from contextlib import contextmanager
+
+import torch
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 

@@ -1,0 +1,56 @@
+"""Synthetic "shapes" data in the real formats the full configs read.
+
+Deterministic by seed and generated in seconds, so the demo, CI and the tests train real
+OpenMMLab pipelines without downloading a dataset. One writer module per format, each listed
+in :data:`WRITERS` and writing under ``<out_dir>/<kind>/``:
+
+- ``coco`` (:mod:`.coco`): COCO detection json + images, with a base/novel split;
+- ``imagefolder`` (:mod:`.imagefolder`): ``{train,val}/<class>/*.png`` classification tree.
+
+The class list and split (:mod:`.classes`) are the single source every shapes config reads.
+"""
+import os
+import os.path as osp
+
+from . import coco, imagefolder
+from .classes import BASE_CLASSES, NOVEL_CLASS_IDS, NOVEL_CLASSES, SHAPE_CLASSES
+from .coco import make_coco_shapes, make_detection_image
+from .draw import draw_shape
+from .imagefolder import make_imagefolder_shapes
+
+# kind -> writer(out_dir, seed=0, **options) -> dict of written paths. A family adds its
+# format here (one module, one entry).
+WRITERS = {
+    'coco': coco.write,
+    'imagefolder': imagefolder.write,
+}
+
+__all__ = ['WRITERS', 'make_shapes', 'SHAPE_CLASSES', 'BASE_CLASSES', 'NOVEL_CLASSES',
+           'NOVEL_CLASS_IDS', 'make_coco_shapes', 'make_imagefolder_shapes',
+           'make_detection_image', 'draw_shape']
+
+
+def make_shapes(out_dir, seed=0, kinds=None, options=None):
+    """Write the shapes data sets under ``out_dir``.
+
+    Args:
+        out_dir: root folder (``data/shapes`` in the configs).
+        seed: random seed shared by every writer.
+        kinds: which :data:`WRITERS` to run (default: all of them).
+        options: per-kind keyword arguments, e.g. ``{'coco': dict(num_train=128)}``.
+
+    Returns:
+        dict: kind -> what its writer returned (paths).
+    """
+    kinds = list(WRITERS) if kinds is None else list(kinds)
+    unknown = [k for k in kinds if k not in WRITERS]
+    if unknown:
+        raise ValueError(f'unknown shapes kinds {unknown}; available: {", ".join(WRITERS)}')
+    options = options or {}
+    os.makedirs(out_dir, exist_ok=True)
+    written = {kind: WRITERS[kind](out_dir, seed=seed, **options.get(kind, {}))
+               for kind in kinds}
+    # Class names for tools that take a list file (e.g. gen_class_embeddings.py).
+    with open(osp.join(out_dir, 'classes.txt'), 'w') as f:
+        f.write('\n'.join(SHAPE_CLASSES) + '\n')
+    return written
