@@ -1,20 +1,19 @@
-"""Scene graph generation (mmdet registries): ``import ovkit.sgg`` registers the family.
+"""Scene graph generation (Scene-Graph-Benchmark protocols) on mmdet.
 
-Design facts: ``docs/sgg.md``; SGB = KaihuaTang/Scene-Graph-Benchmark.pytorch.
+``import ovkit.sgg`` registers the family's modules in mmdet's registries.
 """
-# --- model side (sgg-model): detector, relation head, pair sampler, predictors ---
-from .detector import SceneGraphDetector
-from .predictors import (BaseRelationPredictor, FrequencyBias, FrequencyPredictor,
-                         IMPPredictor, MotifsPredictor)
-from .relation_head import RelationHead, SGGStatisticsHook
-from .relation_head_features import (AllLevelsRoIExtractor, RelationBoxFeatureExtractor,
+# --- data and evaluation (sgg-data) ---
+from .dataset import VGSGGDataset  # noqa: F401
+from .metric import SGGMetric  # noqa: F401
+from .transforms import LoadSGGAnnotations, PackSGGInputs  # noqa: F401
+# --- end data and evaluation ---
+# --- model (sgg-model): detector, relation head, pair sampler, predictors ---
+from .detector import SceneGraphDetector  # noqa: F401
+from .predictors import (BaseRelationPredictor, FrequencyBias,  # noqa: F401
+                         FrequencyPredictor, IMPPredictor, MotifsPredictor)
+from .relation_head import RelationHead, SGGStatisticsHook  # noqa: F401
+from .relation_head_features import (AllLevelsRoIExtractor,  # noqa: F401
+                                     RelationBoxFeatureExtractor,
                                      RelationUnionFeatureExtractor)
-from .sampling import RelationPairSampler
-
-# --- end model side ---
-__all__ = [
-    'SceneGraphDetector', 'RelationHead', 'SGGStatisticsHook', 'RelationPairSampler',
-    'AllLevelsRoIExtractor', 'RelationBoxFeatureExtractor', 'RelationUnionFeatureExtractor',
-    'BaseRelationPredictor', 'FrequencyBias', 'FrequencyPredictor', 'IMPPredictor',
-    'MotifsPredictor',
-]
+from .sampling import RelationPairSampler  # noqa: F401
+# --- end model ---

@@ -1,0 +1,89 @@
+"""Pipeline steps for scene graphs: mmdet's annotation loading and packing plus relations.
+
+mmdet's ``LoadAnnotations`` / ``PackDetInputs`` know boxes and labels, not relations; these
+subclasses add ``gt_relations`` and keep the original-pixel GT boxes for the evaluator, so that
+``SGGMetric`` matches against the very boxes SGB evaluates on (not boxes resized and back).
+Transforms that drop or reorder boxes (crops, ``FilterAnnotations``) would break the relation
+indices; ``PackSGGInputs`` checks them and says so.
+"""
+import numpy as np
+import torch
+from mmdet.datasets.transforms import LoadAnnotations, PackDetInputs
+from mmdet.registry import TRANSFORMS
+from mmengine.structures import InstanceData
+
+
+@TRANSFORMS.register_module()
+class LoadSGGAnnotations(LoadAnnotations):
+    """mmdet's ``LoadAnnotations`` (boxes, labels) plus the relations of a VGSGGDataset.
+
+    Adds ``results['gt_relations']`` (int64 [R, 3]: subject, object, predicate 1..P) and
+    ``results['ori_gt_bboxes']`` (float32 [N, 4], original pixels, before any resize/flip).
+
+    Args:
+        with_rel: load ``relations`` from the data_info.
+        **kwargs: passed to mmdet's ``LoadAnnotations`` (``with_bbox``, ``with_label``...).
+    """
+
+    def __init__(self, with_rel: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.with_rel = with_rel
+
+    def transform(self, results: dict) -> dict:
+        results = super().transform(results)
+        if self.with_bbox:
+            boxes = results['gt_bboxes']
+            boxes = boxes.numpy() if hasattr(boxes, 'numpy') else np.asarray(boxes)
+            results['ori_gt_bboxes'] = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+        if self.with_rel:
+            if 'relations' not in results:
+                raise KeyError(f"LoadSGGAnnotations: the data_info of {results.get('img_path')} "
+                               "has no 'relations'; use VGSGGDataset (or with_rel=False)")
+            results['gt_relations'] = np.asarray(results['relations'],
+                                                 dtype=np.int64).reshape(-1, 3)
+        return results
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f', with_rel={self.with_rel})'
+
+
+@TRANSFORMS.register_module()
+class PackSGGInputs(PackDetInputs):
+    """mmdet's ``PackDetInputs`` plus ``data_sample.gt_relations``.
+
+    ``gt_relations = InstanceData(pairs=LongTensor[R, 2], labels=LongTensor[R])`` with pair
+    indices into ``gt_instances``. The metainfo also gets ``extra_meta_keys`` found in the
+    results (``ori_gt_bboxes`` for the evaluator, ``sample_idx`` to order gathered results).
+
+    Args:
+        meta_keys: as mmdet's ``PackDetInputs`` (each must be present).
+        extra_meta_keys: added to the metainfo when present.
+    """
+
+    def __init__(self,
+                 meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
+                            'flip', 'flip_direction'),
+                 extra_meta_keys=('ori_gt_bboxes', 'sample_idx')) -> None:
+        super().__init__(meta_keys=meta_keys)
+        self.extra_meta_keys = tuple(extra_meta_keys)
+
+    def transform(self, results: dict) -> dict:
+        packed = super().transform(results)
+        sample = packed['data_samples']
+        sample.set_metainfo({k: results[k] for k in self.extra_meta_keys if k in results})
+        if 'gt_relations' in results:
+            rels = torch.as_tensor(np.asarray(results['gt_relations']),
+                                   dtype=torch.long).reshape(-1, 3)
+            num_boxes = len(sample.gt_instances) if 'bboxes' in sample.gt_instances else 0
+            if len(sample.get('ignored_instances', [])) or (
+                    len(rels) and int(rels[:, :2].max()) >= num_boxes):
+                raise ValueError(
+                    f"PackSGGInputs: {results.get('img_path')}: relations index boxes that "
+                    f'are not in gt_instances ({num_boxes} boxes). A transform dropped or '
+                    'ignored boxes; scene-graph pipelines must keep every box (no crops, no '
+                    'FilterAnnotations, ignore_flag 0).')
+            sample.gt_relations = InstanceData(pairs=rels[:, :2], labels=rels[:, 2])
+        return packed
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f', extra_meta_keys={self.extra_meta_keys})'
