@@ -18,3 +18,6 @@ from .relation_head_features import (AllLevelsRoIExtractor,  # noqa: F401
                                      RelationUnionFeatureExtractor)
 from .sampling import RelationPairSampler  # noqa: F401
 # --- end model ---
+# --- issue 9 (sgg2): predicate re-balancing, VCTree / Transformer / Causal predictors ---
+from .rebalance import PredicateRebalanceDataset  # noqa: F401
+# --- end issue 9 ---
