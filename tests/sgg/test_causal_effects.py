@@ -10,7 +10,7 @@ C1, P1, D, M = 4, 5, 6, 7    # classes+bg, predicates+bg, feature size, pairs
 
 def fixed_fusion(fusion):
     """A tiny fusion module whose every weight is a fixed, hand-written number."""
-    mod = CausalFusion(D, C1, P1, fusion=fusion)
+    mod = CausalFusion(D, C1, P1, fusion=fusion).double()
     grid = np.arange(P1 * D, dtype=np.float64).reshape(P1, D)
     weights = dict(
         vis_w=np.sin(grid) * 0.5, vis_b=np.linspace(-0.2, 0.3, P1),
@@ -27,7 +27,7 @@ def fixed_fusion(fusion):
         if fusion == 'gate':
             mod.ctx_gate_fc.weight.copy_(torch.tensor(weights['gate_w']))
             mod.ctx_gate_fc.bias.copy_(torch.tensor(weights['gate_b']))
-    return mod.double(), weights
+    return mod, weights
 
 
 def inputs(seed=0):
