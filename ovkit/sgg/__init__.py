@@ -19,5 +19,7 @@ from .relation_head_features import (AllLevelsRoIExtractor,  # noqa: F401
 from .sampling import RelationPairSampler  # noqa: F401
 # --- end model ---
 # --- issue 9 (sgg2): predicate re-balancing, VCTree / Transformer / Causal predictors ---
+from .predictors import (CausalAnalysisPredictor, TransformerPredictor,  # noqa: F401
+                         VCTreePredictor)
 from .rebalance import PredicateRebalanceDataset  # noqa: F401
 # --- end issue 9 ---
