@@ -9,11 +9,16 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 
 import ovkit.sgg  # noqa: F401
 from ovkit.sgg.predictors import vctree as vctree_mod
-from ovkit.sgg.predictors.treelstm import (BiTreeLSTM, TreeLSTMDecoder, TreeLSTMDown,
-                                           TreeLSTMUp, max_spanning_tree, to_binary_forest)
+from ovkit.sgg.predictors.treelstm import (
+    BiTreeLSTM,
+    TreeLSTMDecoder,
+    TreeLSTMDown,
+    TreeLSTMUp,
+    max_spanning_tree,
+    to_binary_forest,
+)
 from ovkit.sgg.predictors.vctree import overlap_info
-from tests.sgg.model_helpers import (NUM_CLASSES, NUM_PREDICATES, fake_proposals,
-                                     fake_statistics)
+from tests.sgg.model_helpers import NUM_CLASSES, NUM_PREDICATES, fake_proposals, fake_statistics
 
 C1, P1 = NUM_CLASSES + 1, NUM_PREDICATES + 1
 ROI, UNION = 12, 10

@@ -135,9 +135,11 @@ class CausalLSTMContext(LSTMContext):
 
 class VTransEContext(nn.Module):
     """VTransE's object and edge features (SGB ``VTransEFeature``): no recurrent context; an fc
-    layer classifies objects from [RoI, class embedding, box embedding] (not in PredCls, where
-    the labels are the ground truth), another maps [RoI, box embedding, label embedding] to the
-    edge feature. Moving averages of both inputs serve the counterfactual.
+    layer classifies objects from [RoI, class embedding, box embedding], another maps [RoI, box
+    embedding, label embedding] to the edge feature. Moving averages of both inputs serve the
+    counterfactual. Unlike SGB, PredCls uses the ground-truth labels here (SGB classifies the
+    objects even in PredCls and feeds those labels to the frequency bias), as every other
+    context does.
 
     Args:
         mode: 'predcls' | 'sgcls' | 'sgdet'.
@@ -154,41 +156,42 @@ class VTransEContext(nn.Module):
         self.mode = mode
         self.num_obj_cls = num_obj_cls
         self.average_ratio = average_ratio
-        self.obj_embed1 = nn.Embedding(num_obj_cls, embed_dim)
         self.obj_embed2 = nn.Embedding(num_obj_cls, embed_dim)
         self.pos_embed = nn.Sequential(nn.Linear(9, 32), nn.BatchNorm1d(32, momentum=0.001),
                                        nn.Linear(32, 128), nn.ReLU(inplace=True))
         if mode != 'predcls':
+            # the object classifier and its input (PredCls takes the ground-truth labels, so
+            # these would get no gradient there)
+            self.obj_embed1 = nn.Embedding(num_obj_cls, embed_dim)
             self.pred_layer = _make_fc(obj_dim + embed_dim + 128, num_obj_cls)
+            self.register_buffer('untreated_obj_feat', torch.zeros(obj_dim + embed_dim + 128))
         self.fc_layer = _make_fc(obj_dim + embed_dim + 128, hidden_dim)
-        self.register_buffer('untreated_obj_feat', torch.zeros(obj_dim + embed_dim + 128))
         self.register_buffer('untreated_edg_feat', torch.zeros(obj_dim + 128))
 
     def load_word_vectors(self, vectors: Tensor) -> None:
         """``vectors`` [C+2, embed_dim]: 'start', then the class names (background first)."""
         with torch.no_grad():
-            self.obj_embed1.weight.copy_(vectors[1:])
             self.obj_embed2.weight.copy_(vectors[1:])
+            if hasattr(self, 'obj_embed1'):
+                self.obj_embed1.weight.copy_(vectors[1:])
 
     def forward(self, roi_feats: Tensor, proposals: Sequence[InstanceData],
                 labels: Optional[Tensor], detector_logits: Optional[Tensor],
                 ctx_average: bool = False, commit=None):
-        if self.mode == 'predcls':
-            obj_embed = self.obj_embed1(labels)
-        else:
-            obj_embed = F.softmax(detector_logits, dim=1) @ self.obj_embed1.weight
         pos_embed = self.pos_embed(encode_box_info(proposals))
-        obj_pre_rep = torch.cat([roi_feats, obj_embed, pos_embed], dim=-1)
         roi_pos = torch.cat([roi_feats, pos_embed], dim=-1)
         if self.training:
-            update_moving_average(self.untreated_obj_feat, obj_pre_rep, self.average_ratio)
             update_moving_average(self.untreated_edg_feat, roi_pos, self.average_ratio)
         counterfactual = ctx_average and not self.training
-        if counterfactual:
-            obj_pre_rep = self.untreated_obj_feat.expand_as(obj_pre_rep)
         if self.mode == 'predcls':
             obj_preds, obj_dists = labels, to_onehot(labels, self.num_obj_cls)
         else:
+            obj_embed = F.softmax(detector_logits, dim=1) @ self.obj_embed1.weight
+            obj_pre_rep = torch.cat([roi_feats, obj_embed, pos_embed], dim=-1)
+            if self.training:
+                update_moving_average(self.untreated_obj_feat, obj_pre_rep, self.average_ratio)
+            if counterfactual:
+                obj_pre_rep = self.untreated_obj_feat.expand_as(obj_pre_rep)
             obj_dists = self.pred_layer(obj_pre_rep)
             if self.training or commit is None:
                 obj_preds = obj_dists[:, 1:].argmax(1) + 1
