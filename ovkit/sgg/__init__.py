@@ -21,5 +21,6 @@ from .sampling import RelationPairSampler  # noqa: F401
 # --- issue 9 (sgg2): predicate re-balancing, VCTree / Transformer / Causal predictors ---
 from .predictors import (CausalAnalysisPredictor, TransformerPredictor,  # noqa: F401
                          VCTreePredictor)
+from .predictors.causal import CausalEffectHook  # noqa: F401
 from .rebalance import PredicateRebalanceDataset  # noqa: F401
 # --- end issue 9 ---

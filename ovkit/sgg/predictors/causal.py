@@ -17,7 +17,9 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from mmdet.registry import MODELS
+from mmdet.registry import HOOKS, MODELS
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
@@ -84,13 +86,16 @@ class CausalLSTMContext(LSTMContext):
         num_edge_layers: edge BiLSTM layers.
         later_nms_thr: SGDet test NMS of the decoder.
         average_ratio: update ratio of the moving averages.
+        box_bn_momentum: momentum of the box embedding's BatchNorm (SGB 0.001).
     """
 
     def __init__(self, mode: str, num_obj_cls: int, obj_dim: int, embed_dim: int,
                  hidden_dim: int, dropout: float, num_obj_layers: int, num_edge_layers: int,
-                 later_nms_thr: float, average_ratio: float = 5e-4):
+                 later_nms_thr: float, average_ratio: float = 5e-4,
+                 box_bn_momentum: float = 0.001):
         super().__init__(mode, num_obj_cls, obj_dim, embed_dim, hidden_dim, dropout,
                          num_obj_layers, num_edge_layers, later_nms_thr)
+        self.pos_embed[1].momentum = box_bn_momentum
         self.average_ratio = average_ratio
         self.register_buffer('untreated_dcd_feat',
                              torch.zeros(hidden_dim + obj_dim + embed_dim + 128))
@@ -148,16 +153,18 @@ class VTransEContext(nn.Module):
         embed_dim: class embedding size.
         hidden_dim: edge feature size.
         average_ratio: update ratio of the moving averages.
+        box_bn_momentum: momentum of the box embedding's BatchNorm (SGB 0.001).
     """
 
     def __init__(self, mode: str, num_obj_cls: int, obj_dim: int, embed_dim: int,
-                 hidden_dim: int, average_ratio: float = 5e-4):
+                 hidden_dim: int, average_ratio: float = 5e-4, box_bn_momentum: float = 0.001):
         super().__init__()
         self.mode = mode
         self.num_obj_cls = num_obj_cls
         self.average_ratio = average_ratio
         self.obj_embed2 = nn.Embedding(num_obj_cls, embed_dim)
-        self.pos_embed = nn.Sequential(nn.Linear(9, 32), nn.BatchNorm1d(32, momentum=0.001),
+        self.pos_embed = nn.Sequential(nn.Linear(9, 32),
+                                       nn.BatchNorm1d(32, momentum=box_bn_momentum),
                                        nn.Linear(32, 128), nn.ReLU(inplace=True))
         if mode != 'predcls':
             # the object classifier and its input (PredCls takes the ground-truth labels, so
@@ -232,6 +239,8 @@ class CausalAnalysisPredictor(BaseRelationPredictor):
         loss_aux_weight: weight of the auxiliary branch losses.
         loss_binary_weight: weight of VCTree's tree score loss (context ``vctree``).
         later_nms_thr: SGDet test label NMS.
+        box_bn_momentum: momentum of the context's box-embedding BatchNorms (SGB: 0.001,
+            running statistics over ~1000 iterations; short schedules need more).
         init_cfg: mmengine init config.
     """
     uses_statistics = True
@@ -244,7 +253,8 @@ class CausalAnalysisPredictor(BaseRelationPredictor):
                  pooling_dim: int = 4096, dropout: float = 0.2, num_obj_layers: int = 1,
                  num_edge_layers: int = 1, average_ratio: float = 5e-4,
                  loss_aux_weight: float = 1.0, loss_binary_weight: float = 1.0,
-                 later_nms_thr: float = 0.5, init_cfg: Optional[dict] = None):
+                 later_nms_thr: float = 0.5, box_bn_momentum: float = 0.001,
+                 init_cfg: Optional[dict] = None):
         super().__init__(mode, num_classes, num_predicates, in_channels, union_channels,
                          later_nms_thr=later_nms_thr, init_cfg=init_cfg)
         if context_layer not in CONTEXT_LAYERS:
@@ -263,15 +273,16 @@ class CausalAnalysisPredictor(BaseRelationPredictor):
         if context_layer == 'motifs':
             self.context_layer = CausalLSTMContext(
                 self.mode, self.num_obj_cls, in_channels, embed_dim, hidden_dim, dropout,
-                num_obj_layers, num_edge_layers, later_nms_thr, average_ratio)
+                num_obj_layers, num_edge_layers, later_nms_thr, average_ratio, box_bn_momentum)
         elif context_layer == 'vctree':
             self.context_layer = VCTreeContext(
                 self.mode, self.num_obj_cls, in_channels, embed_dim, hidden_dim, dropout,
                 num_obj_layers, num_edge_layers, effect_analysis=True,
-                average_ratio=average_ratio)
+                average_ratio=average_ratio, box_bn_momentum=box_bn_momentum)
         else:
             self.context_layer = VTransEContext(self.mode, self.num_obj_cls, in_channels,
-                                                embed_dim, hidden_dim, average_ratio)
+                                                embed_dim, hidden_dim, average_ratio,
+                                                box_bn_momentum)
         vtranse = context_layer == 'vtranse'
         self.edge_dim = pooling_dim if vtranse else hidden_dim
         self.post_emb = nn.Linear(hidden_dim, self.edge_dim * 2)
@@ -375,3 +386,41 @@ class CausalAnalysisPredictor(BaseRelationPredictor):
                                           pair_probs, avg_probs)
         return (list(obj_dists.split(num_objs)),
                 list(rel_dists.split([len(p) for p in rel_pairs])), extra)
+
+
+@HOOKS.register_module()
+class CausalEffectHook(Hook):
+    """Validate with one effect type while training, test with the config's.
+
+    SGB trains and validates Causal models with ``EFFECT_TYPE none`` (so the best checkpoint
+    is chosen on the factual output) and tests the same checkpoint with TDE. With this hook a
+    TDE config (``effect_type='TDE'``) does the same under one config: the validation loops of
+    a training run use ``val_effect_type``, ``tools/test.py`` uses the model's own.
+
+    Args:
+        val_effect_type: effect type of the validation loops ('none' as SGB).
+    """
+    priority = 'NORMAL'
+
+    def __init__(self, val_effect_type: str = 'none') -> None:
+        self.val_effect_type = check_effect_type(val_effect_type)
+        self._saved = None
+
+    @staticmethod
+    def _predictor(runner):
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        head = getattr(model, 'relation_head', None)
+        pred = getattr(head, 'predictor', None)
+        return pred if isinstance(pred, CausalAnalysisPredictor) else None
+
+    def before_val_epoch(self, runner) -> None:
+        pred = self._predictor(runner)
+        if pred is not None:
+            self._saved = pred.effect_type
+            pred.effect_type = self.val_effect_type
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        pred = self._predictor(runner)
+        if pred is not None and self._saved is not None:
+            pred.effect_type = self._saved
+            self._saved = None

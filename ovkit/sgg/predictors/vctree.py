@@ -64,12 +64,13 @@ class VCTreeContext(nn.Module):
         num_edge_layers: edge BiTreeLSTM layers.
         effect_analysis: keep the moving averages (the causal predictor).
         average_ratio: their update ratio.
+        box_bn_momentum: momentum of the box / overlap embeddings' BatchNorms (SGB 0.001).
     """
 
     def __init__(self, mode: str, num_obj_cls: int, obj_dim: int, embed_dim: int,
                  hidden_dim: int, dropout: float, num_obj_layers: int = 1,
                  num_edge_layers: int = 1, effect_analysis: bool = False,
-                 average_ratio: float = 5e-4):
+                 average_ratio: float = 5e-4, box_bn_momentum: float = 0.001):
         super().__init__()
         self.mode = mode
         self.num_obj_cls = num_obj_cls
@@ -77,12 +78,12 @@ class VCTreeContext(nn.Module):
         self.average_ratio = average_ratio
         self.obj_embed1 = nn.Embedding(num_obj_cls, embed_dim)
         self.obj_embed2 = nn.Embedding(num_obj_cls, embed_dim)
-        self.pos_embed = nn.Sequential(nn.Linear(9, 32), nn.BatchNorm1d(32, momentum=0.001),
+        bn = box_bn_momentum
+        self.pos_embed = nn.Sequential(nn.Linear(9, 32), nn.BatchNorm1d(32, momentum=bn),
                                        nn.Linear(32, 128), nn.ReLU(inplace=True))
-        self.overlap_embed = nn.Sequential(nn.Linear(6, 128),
-                                           nn.BatchNorm1d(128, momentum=0.001),
+        self.overlap_embed = nn.Sequential(nn.Linear(6, 128), nn.BatchNorm1d(128, momentum=bn),
                                            nn.ReLU(inplace=True))
-        self.box_embed = nn.Sequential(nn.Linear(9, 128), nn.BatchNorm1d(128, momentum=0.001),
+        self.box_embed = nn.Sequential(nn.Linear(9, 128), nn.BatchNorm1d(128, momentum=bn),
                                        nn.ReLU(inplace=True))
         # pair score net: co-occurrence prior of the label distributions x a visual prior
         self.bi_freq_prior = nn.Linear(num_obj_cls * num_obj_cls, 1, bias=False)
@@ -216,6 +217,8 @@ class VCTreePredictor(BaseRelationPredictor):
         num_edge_layers: edge BiTreeLSTM layers.
         loss_binary_weight: weight of the tree score net's auxiliary loss.
         later_nms_thr: SGDet test label NMS.
+        box_bn_momentum: momentum of the box embeddings' BatchNorms (SGB: 0.001, i.e.
+            running statistics over ~1000 iterations; short schedules need more).
         init_cfg: mmengine init config.
     """
     uses_statistics = True
@@ -226,7 +229,7 @@ class VCTreePredictor(BaseRelationPredictor):
                  hidden_dim: int = 512, pooling_dim: int = 4096, dropout: float = 0.2,
                  num_obj_layers: int = 1, num_edge_layers: int = 1,
                  loss_binary_weight: float = 1.0, later_nms_thr: float = 0.5,
-                 init_cfg: Optional[dict] = None):
+                 box_bn_momentum: float = 0.001, init_cfg: Optional[dict] = None):
         super().__init__(mode, num_classes, num_predicates, in_channels, union_channels,
                          later_nms_thr=later_nms_thr, init_cfg=init_cfg)
         self.glove_dir = glove_dir
@@ -235,7 +238,7 @@ class VCTreePredictor(BaseRelationPredictor):
         self.loss_binary_weight = loss_binary_weight
         self.context_layer = VCTreeContext(self.mode, self.num_obj_cls, in_channels, embed_dim,
                                            hidden_dim, dropout, num_obj_layers,
-                                           num_edge_layers)
+                                           num_edge_layers, box_bn_momentum=box_bn_momentum)
         self.post_emb = nn.Linear(hidden_dim, hidden_dim * 2)
         self.post_cat = nn.Linear(hidden_dim * 2, pooling_dim)
         self.ctx_compress = nn.Linear(pooling_dim, self.num_rel_cls)
