@@ -194,7 +194,8 @@ def draw_scene_graph(img: np.ndarray, boxes: np.ndarray, box_names: Sequence[str
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2 if len(boxes) else boxes
     for s, lab, o, _, _ in triplets:
         ax.annotate('', xy=tuple(centre[o]), xytext=tuple(centre[s]),
-                    arrowprops=dict(arrowstyle='->', color=colors[s], lw=1.2))
+                    arrowprops=dict(arrowstyle='-|>', color=colors[s], lw=1.5,
+                                    mutation_scale=12))
         mid = (centre[s] + centre[o]) / 2
         ax.text(mid[0], mid[1], predicates[lab], fontsize=6, ha='center', color='black',
                 bbox=dict(fc='white', ec=colors[s], pad=1, alpha=0.8))
