@@ -1,6 +1,7 @@
 """Scene graph generation (Scene-Graph-Benchmark protocols) on mmdet.
 
-``import ovkit.sgg`` registers the family's modules in mmdet's registries.
+``import ovkit.sgg`` registers the family's modules in mmdet's registries; the family contract
+is docs/architecture.md.
 """
 # --- data and evaluation (sgg-data) ---
 from .dataset import VGSGGDataset  # noqa: F401

@@ -5,15 +5,18 @@ OpenMMLab pipelines without downloading a dataset. One writer module per format,
 in :data:`WRITERS` and writing under ``<out_dir>/<kind>/``:
 
 - ``coco`` (:mod:`.coco`): COCO detection json + images, with a base/novel split;
-- ``imagefolder`` (:mod:`.imagefolder`): ``{train,val}/<class>/*.png`` classification tree.
+- ``imagefolder`` (:mod:`.imagefolder`): ``{train,val}/<class>/*.png`` classification tree;
+- ``vg150`` (:mod:`.vg150`): scene graphs (spatial predicates) in SGB's VG150 h5/json/image
+  layout, with a zero-shot triplet file.
 
-The class list and split (:mod:`.classes`) are the single source every shapes config reads.
+The class list and split, and the scene-graph predicates (:mod:`.classes`) are the single
+source every shapes config reads.
 """
 import os
 import os.path as osp
 
-from . import coco, imagefolder
-from .classes import BASE_CLASSES, NOVEL_CLASS_IDS, NOVEL_CLASSES, SHAPE_CLASSES
+from . import coco, imagefolder, vg150
+from .classes import BASE_CLASSES, NOVEL_CLASS_IDS, NOVEL_CLASSES, SHAPE_CLASSES, SHAPE_PREDICATES
 from .coco import make_coco_shapes, make_detection_image
 from .draw import draw_shape
 from .imagefolder import make_imagefolder_shapes
@@ -23,10 +26,11 @@ from .imagefolder import make_imagefolder_shapes
 WRITERS = {
     'coco': coco.write,
     'imagefolder': imagefolder.write,
+    'vg150': vg150.write,
 }
 
-__all__ = ['WRITERS', 'make_shapes', 'SHAPE_CLASSES', 'BASE_CLASSES', 'NOVEL_CLASSES',
-           'NOVEL_CLASS_IDS', 'make_coco_shapes', 'make_imagefolder_shapes',
+__all__ = ['WRITERS', 'make_shapes', 'SHAPE_CLASSES', 'SHAPE_PREDICATES', 'BASE_CLASSES',
+           'NOVEL_CLASSES', 'NOVEL_CLASS_IDS', 'make_coco_shapes', 'make_imagefolder_shapes',
            'make_detection_image', 'draw_shape']
 
 

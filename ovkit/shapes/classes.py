@@ -7,3 +7,7 @@ SHAPE_CLASSES = ('circle', 'square', 'triangle', 'diamond', 'cross', 'hexagon', 
 NOVEL_CLASSES = ('star', 'ring')
 BASE_CLASSES = tuple(c for c in SHAPE_CLASSES if c not in NOVEL_CLASSES)
 NOVEL_CLASS_IDS = tuple(SHAPE_CLASSES.index(c) for c in NOVEL_CLASSES)
+# Spatial predicates of the VG150-format scene graphs (vg150.py), in predicate-index order
+# (index + 1; 0 is SGB's background). Each is decided by the two boxes alone.
+SHAPE_PREDICATES = ('left of', 'right of', 'above', 'below', 'near', 'overlapping', 'inside',
+                    'contains')

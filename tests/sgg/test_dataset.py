@@ -205,3 +205,56 @@ def test_pack_rejects_relations_to_dropped_boxes():
                    gt_relations=np.array([[0, 1, 1]]))
     with pytest.raises(ValueError, match='x.jpg: relations index boxes'):
         PackSGGInputs().transform(results)
+
+
+@pytest.fixture(scope='module')
+def shapes_vg150(tmp_path_factory):
+    from ovkit.shapes import make_shapes
+    out = tmp_path_factory.mktemp('shapes')
+    make_shapes(str(out), seed=0, kinds=['vg150'])
+    return str(out / 'vg150')
+
+
+def test_shapes_vg150_loads_and_its_predicates_need_the_boxes(shapes_vg150):
+    """The shapes scene graphs through VGSGGDataset, statistics and the metric core: a rule
+    that reads the boxes recovers the GT, the class-pair frequency prior does not."""
+    from ovkit.sgg.evaluation import evaluate_sgg
+    from ovkit.sgg.metric import load_triplets
+    from ovkit.sgg.statistics import get_statistics
+    from ovkit.shapes import SHAPE_CLASSES, SHAPE_PREDICATES
+    from ovkit.shapes.vg150 import spatial_predicate
+    root = shapes_vg150
+    train = VGSGGDataset(data_root=root, split='train', num_val_im=32)
+    test = VGSGGDataset(data_root=root, split='test', num_val_im=32)
+    assert len(train) > 80 and len(test) > 30
+    assert test.metainfo['classes'] == SHAPE_CLASSES
+    assert test.metainfo['predicates'][1:] == SHAPE_PREDICATES
+    prior = get_statistics(train)['pred_dist']
+    num_rel = len(SHAPE_PREDICATES) + 1
+
+    def predictions(by_boxes):
+        imgs = []
+        for i in range(len(test)):
+            d = test.get_data_info(i)
+            boxes = np.array([x['bbox'] for x in d['instances']], np.float32)
+            cls = np.array([x['bbox_label'] for x in d['instances']]) + 1
+            s, o = np.nonzero(~np.eye(len(boxes), dtype=bool))
+            scores = np.full((len(s), num_rel), 1e-3, np.float32)
+            for r, (a, b) in enumerate(zip(s, o)):
+                if by_boxes:
+                    scores[r, spatial_predicate(boxes[a], boxes[b], d['width'],
+                                                d['height'])] = 1
+                else:
+                    scores[r] = np.exp(prior[cls[a], cls[b]])
+            imgs.append(dict(gt_boxes=boxes, gt_classes=cls, gt_rels=d['relations'],
+                             pred_boxes=boxes, pred_classes=cls,
+                             obj_scores=np.ones(len(boxes), np.float32),
+                             pred_rel_inds=np.column_stack((s, o)), rel_scores=scores))
+        return imgs
+
+    zs = load_triplets(osp.join(root, 'zeroshot_triplet.npy'))
+    boxes_rule = evaluate_sgg(predictions(True), 'predcls', zeroshot_triplets=zs)
+    prior_only = evaluate_sgg(predictions(False), 'predcls', zeroshot_triplets=zs)
+    assert boxes_rule['R@50'] > 0.9 and boxes_rule['mR@50'] > 0.85
+    assert boxes_rule['zR@50'] > 0.8
+    assert prior_only['R@50'] < 0.5 and prior_only['mR@50'] < 0.4

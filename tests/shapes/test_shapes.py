@@ -19,7 +19,7 @@ def _digest(root):
 
 
 def test_deterministic_by_seed(tmp_path):
-    opts = dict(coco=dict(num_train=6, num_val=2))
+    opts = dict(coco=dict(num_train=6, num_val=2), vg150=dict(num_train=6, num_test=2))
     make_shapes(str(tmp_path / 'a'), seed=3, options=opts)
     make_shapes(str(tmp_path / 'b'), seed=3, options=opts)
     make_shapes(str(tmp_path / 'c'), seed=4, options=opts)
