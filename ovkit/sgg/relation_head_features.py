@@ -146,11 +146,13 @@ class RelationUnionFeatureExtractor(BaseModule):
         in_channels: FPN channels (the rectangle branch ends with this many).
         roi_feat_size: pooled size (the rectangle grid is 4 * roi_feat_size - 1).
         mlp_dims: output sizes of the fc layers (SGB: 4096, 4096).
+        bn_momentum: momentum of the rectangle branch's BatchNorms (SGB: 0.01).
         init_cfg: mmengine init config.
     """
 
     def __init__(self, roi_extractor: dict, in_channels: int = 256, roi_feat_size: int = 7,
-                 mlp_dims: Sequence[int] = (4096, 4096), init_cfg: Optional[dict] = None):
+                 mlp_dims: Sequence[int] = (4096, 4096), bn_momentum: float = 0.01,
+                 init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.roi_extractor = MODELS.build(roi_extractor)
         self.rect_size = roi_feat_size * 4 - 1
@@ -158,11 +160,11 @@ class RelationUnionFeatureExtractor(BaseModule):
         self.rect_conv = nn.Sequential(
             nn.Conv2d(2, mid, kernel_size=7, stride=2, padding=3),
             nn.ReLU(inplace=True),
-            nn.BatchNorm2d(mid, momentum=0.01),
+            nn.BatchNorm2d(mid, momentum=bn_momentum),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             nn.Conv2d(mid, in_channels, kernel_size=3, stride=1, padding=1),
             nn.ReLU(inplace=True),
-            nn.BatchNorm2d(in_channels, momentum=0.01),
+            nn.BatchNorm2d(in_channels, momentum=bn_momentum),
         )
         self.fcs = _fc_stack(in_channels * roi_feat_size ** 2, mlp_dims)
         self.out_channels = mlp_dims[-1]

@@ -155,11 +155,12 @@ class LSTMContext(nn.Module):
         num_obj_layers: object BiLSTM layers.
         num_edge_layers: edge BiLSTM layers.
         later_nms_thr: SGDet test NMS of the decoder.
+        box_bn_momentum: momentum of the box embedding's BatchNorm (SGB: 0.001).
     """
 
     def __init__(self, mode: str, num_obj_cls: int, obj_dim: int, embed_dim: int,
                  hidden_dim: int, dropout: float, num_obj_layers: int, num_edge_layers: int,
-                 later_nms_thr: float):
+                 later_nms_thr: float, box_bn_momentum: float = 0.001):
         super().__init__()
         self.mode = mode
         self.num_obj_cls = num_obj_cls
@@ -167,7 +168,7 @@ class LSTMContext(nn.Module):
         self.obj_embed1 = nn.Embedding(num_obj_cls, embed_dim)
         self.obj_embed2 = nn.Embedding(num_obj_cls, embed_dim)
         self.pos_embed = nn.Sequential(
-            nn.Linear(9, 32), nn.BatchNorm1d(32, momentum=0.001),
+            nn.Linear(9, 32), nn.BatchNorm1d(32, momentum=box_bn_momentum),
             nn.Linear(32, 128), nn.ReLU(inplace=True))
         self.obj_ctx_rnn = nn.LSTM(
             input_size=obj_dim + embed_dim + 128, hidden_size=hidden_dim,
@@ -244,6 +245,8 @@ class MotifsPredictor(BaseRelationPredictor):
         use_vision: gate the union feature (SGB ``PREDICT_USE_VISION``).
         use_bias: add the frequency bias (SGB ``PREDICT_USE_BIAS``).
         later_nms_thr: SGDet test label NMS.
+        box_bn_momentum: momentum of the box embedding's BatchNorm running statistics (SGB:
+            0.001, i.e. averaged over ~1000 iterations; short schedules need more).
         init_cfg: mmengine init config.
     """
     uses_word_vectors = True
@@ -253,7 +256,7 @@ class MotifsPredictor(BaseRelationPredictor):
                  hidden_dim: int = 512, pooling_dim: int = 4096, dropout: float = 0.2,
                  num_obj_layers: int = 1, num_edge_layers: int = 1, use_vision: bool = True,
                  use_bias: bool = True, later_nms_thr: float = 0.5,
-                 init_cfg: Optional[dict] = None):
+                 box_bn_momentum: float = 0.001, init_cfg: Optional[dict] = None):
         super().__init__(mode, num_classes, num_predicates, in_channels, union_channels,
                          later_nms_thr=later_nms_thr, init_cfg=init_cfg)
         self.glove_dir = glove_dir
@@ -265,7 +268,7 @@ class MotifsPredictor(BaseRelationPredictor):
         self.needs_union_features = use_vision
         self.context_layer = LSTMContext(
             self.mode, self.num_obj_cls, in_channels, embed_dim, hidden_dim, dropout,
-            num_obj_layers, num_edge_layers, later_nms_thr)
+            num_obj_layers, num_edge_layers, later_nms_thr, box_bn_momentum)
         self.post_emb = nn.Linear(hidden_dim, hidden_dim * 2)
         self.post_cat = nn.Linear(hidden_dim * 2, pooling_dim)
         self.rel_compress = nn.Linear(pooling_dim, self.num_rel_cls)
