@@ -13,6 +13,10 @@ model = dict(relation_head=dict(predictor=dict(
     average_ratio=0.02)))
 # The frequency branch is a lookup table trained on its own (auxiliary loss): at SGB's learning
 # rate it needs SGB's tens of thousands of iterations, here it gets a larger one.
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'freq_bias': dict(lr_mult=20.0)}))
+# Four losses through the shared context: at the tiny configs' lr 0.04 the ReLUs after post_cat
+# and the spatial MLP die within a few hundred iterations (the context branch, hence TDE, then
+# outputs a constant); 0.01 keeps them alive.
+optim_wrapper = dict(optimizer=dict(lr=0.01),
+                     paramwise_cfg=dict(custom_keys={'freq_bias': dict(lr_mult=20.0)}))
 custom_hooks = [dict(type='SGGStatisticsHook'),
                 dict(type='CausalEffectHook', val_effect_type='none')]

@@ -81,13 +81,15 @@ def cap_relations(relations: Sequence[np.ndarray], max_per_predicate: int,
     return kept
 
 
-def frequency_figure(counts: np.ndarray, names: Sequence[str], title: str):
+def frequency_figure(counts: np.ndarray, names: Sequence[str], title: str,
+                     cap: Optional[int] = None):
     """Bar chart of predicate counts, most frequent first, on a log axis.
 
     Args:
         counts: [P] relations per predicate (no background).
         names: the P predicate names.
         title: chart title.
+        cap: draw the cap as a dashed line.
 
     Returns:
         matplotlib ``Figure`` (not attached to pyplot).
@@ -103,11 +105,16 @@ def frequency_figure(counts: np.ndarray, names: Sequence[str], title: str):
     # a zero count has no place on a log axis: drawn as an empty slot, labelled (0)
     ax.bar(x, np.where(counts[order] > 0, counts[order], np.nan))
     ax.set_yscale('log')
+    # bars grow from 1, so that their heights compare on the log axis
+    ax.set_ylim(0.8, max(int(counts.max()) if counts.size else 1, cap or 1, 1) * 1.6)
+    if cap is not None:
+        ax.axhline(cap, ls='--', lw=1, color='gray', label=f'cap {cap}')
+        ax.legend(fontsize=8)
     ax.set_xticks(x)
     ax.set_xticklabels([f'{names[i]} ({int(counts[i])})' for i in order], rotation=90,
                        fontsize=7)
     ax.set_ylabel('relations (log scale)')
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -282,11 +289,12 @@ class PredicateRebalanceDataset:
             json.dump(report, f, indent=1)
         if self.plot:
             for tag, counts in (('before', self.counts_before), ('after', self.counts_after)):
-                title = (f'predicate frequency {tag} re-balancing '
-                         f'(cap {self.max_per_predicate}, seed {self.seed}): '
-                         f'{int(counts.sum())} relations')
+                title = (f'predicate frequency {tag} re-balancing\n'
+                         f'(cap {self.max_per_predicate}, seed {self.seed}, '
+                         f'{int(counts.sum())} relations)')
                 path = osp.join(out_dir, f'predicate_frequency_{tag}.png')
-                frequency_figure(counts, names, title).savefig(path, dpi=100)
+                frequency_figure(counts, names, title, self.max_per_predicate).savefig(
+                    path, dpi=100)
                 paths.append(path)
             print_log(f'predicate frequency charts: {", ".join(paths[1:])}', logger='current')
         return paths
