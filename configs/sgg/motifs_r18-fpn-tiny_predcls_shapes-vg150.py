@@ -2,7 +2,7 @@
 #   python tools/data/make_shapes.py --out data/shapes --kinds vg150
 #   tools/dist_train.sh configs/sgg/motifs_r18-fpn-tiny_predcls_shapes-vg150.py 2
 #   tools/test.py configs/sgg/motifs_r18-fpn-tiny_predcls_shapes-vg150.py \
-#       work_dirs/motifs_r18-fpn-tiny_predcls_shapes-vg150/iter_300.pth
+#       work_dirs/motifs_r18-fpn-tiny_predcls_shapes-vg150/iter_200.pth
 # The frozen detector may stay random here: the spatial predicates are read from the boxes.
 _base_ = [
     './_base_/models/sgg_r18-fpn_tiny.py',

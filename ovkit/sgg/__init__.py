@@ -7,16 +7,26 @@ is docs/architecture.md.
 from .dataset import VGSGGDataset  # noqa: F401
 from .metric import SGGMetric  # noqa: F401
 from .transforms import LoadSGGAnnotations, PackSGGInputs  # noqa: F401
+
 # --- end data and evaluation ---
+# isort: split
 # --- model (sgg-model): detector, relation head, pair sampler, predictors ---
 from .detector import SceneGraphDetector  # noqa: F401
-from .predictors import (BaseRelationPredictor, FrequencyBias,  # noqa: F401
-                         FrequencyPredictor, IMPPredictor, MotifsPredictor)
+from .predictors import (  # noqa: F401
+    BaseRelationPredictor,
+    FrequencyBias,
+    FrequencyPredictor,
+    IMPPredictor,
+    MotifsPredictor,
+)
 from .relation_head import RelationHead, SGGStatisticsHook  # noqa: F401
-from .relation_head_features import (AllLevelsRoIExtractor,  # noqa: F401
-                                     RelationBoxFeatureExtractor,
-                                     RelationUnionFeatureExtractor)
+from .relation_head_features import (  # noqa: F401
+    AllLevelsRoIExtractor,
+    RelationBoxFeatureExtractor,
+    RelationUnionFeatureExtractor,
+)
 from .sampling import RelationPairSampler  # noqa: F401
+
 # --- end model ---
 # --- issue 9 (sgg2): predicate re-balancing, VCTree / Transformer / Causal predictors ---
 from .predictors import (CausalAnalysisPredictor, TransformerPredictor,  # noqa: F401

@@ -108,9 +108,10 @@ def sgg_model_cfg(mode='predcls', predictor='MotifsPredictor', **predictor_kwarg
 
 def build_in_mmdet_scope(cfg):
     """Build a model config under the mmdet default scope without leaking the scope."""
-    import ovkit.sgg  # noqa: F401  (registers the modules)
     from mmdet.registry import MODELS
     from mmengine.registry import DefaultScope
+
+    import ovkit.sgg  # noqa: F401  (registers the modules)
     with DefaultScope.overwrite_default_scope('mmdet'):
         return MODELS.build(cfg)
 

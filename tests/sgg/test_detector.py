@@ -4,8 +4,15 @@ import torch
 from mmengine.config import ConfigDict
 
 from ovkit.sgg.detector import DETECTOR_PARTS
-from tests.sgg.model_helpers import (IMAGES, NUM_CLASSES, NUM_PREDICATES, build_in_mmdet_scope,
-                                     build_model, fake_batch, tiny_detector_cfg)
+from tests.sgg.model_helpers import (
+    IMAGES,
+    NUM_CLASSES,
+    NUM_PREDICATES,
+    build_in_mmdet_scope,
+    build_model,
+    fake_batch,
+    tiny_detector_cfg,
+)
 
 MODES = ('predcls', 'sgcls', 'sgdet')
 

@@ -7,12 +7,15 @@ from mmdet.registry import MODELS
 
 import ovkit.sgg  # noqa: F401
 from ovkit.sgg.glove import GLOVE_URL, class_name_vectors, load_glove
-from ovkit.sgg.predictors.base import (FrequencyBias, box_overlaps_per_class,
-                                       nms_class_assignment, to_onehot)
+from ovkit.sgg.predictors.base import (
+    FrequencyBias,
+    box_overlaps_per_class,
+    nms_class_assignment,
+    to_onehot,
+)
 from ovkit.sgg.predictors.motifs import DecoderRNN, centre_x_order, run_packed
 from ovkit.sgg.sampling import box_iou_legacy
-from tests.sgg.model_helpers import (NUM_CLASSES, NUM_PREDICATES, fake_proposals,
-                                     fake_statistics)
+from tests.sgg.model_helpers import NUM_CLASSES, NUM_PREDICATES, fake_proposals, fake_statistics
 
 C1, P1 = NUM_CLASSES + 1, NUM_PREDICATES + 1
 ROI, UNION = 12, 10

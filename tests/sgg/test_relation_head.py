@@ -9,8 +9,13 @@ from mmengine.structures import InstanceData
 
 import ovkit.sgg  # noqa: F401
 from ovkit.sgg.relation_head_features import pair_rect_masks
-from tests.sgg.model_helpers import (FPN, NUM_CLASSES, NUM_PREDICATES, fake_proposals,
-                                     relation_head_cfg)
+from tests.sgg.model_helpers import (
+    FPN,
+    NUM_CLASSES,
+    NUM_PREDICATES,
+    fake_proposals,
+    relation_head_cfg,
+)
 
 
 def _feats(sizes=((32, 40), (16, 20), (8, 10), (4, 5), (2, 3)), batch=2, seed=0):

@@ -69,7 +69,7 @@ def test_gt_box_sampling_caps_foreground_and_batch():
     fg = res.labels > 0
     assert int(fg.sum()) == 10  # int(40 * 0.25)
     assert len(res.pairs) == 40
-    gt_set = {tuple(p): int(l) for p, l in zip(gt.tolist(), preds.tolist())}
+    gt_set = {tuple(p): int(q) for p, q in zip(gt.tolist(), preds.tolist())}
     for p, lab in zip(res.pairs.tolist(), res.labels.tolist()):
         assert p[0] != p[1]
         if lab:

@@ -21,8 +21,14 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
 from ..glove import class_name_vectors
-from .base import (BaseRelationPredictor, FrequencyBias, encode_box_info, layer_init,
-                   nms_class_assignment, to_onehot)
+from .base import (
+    BaseRelationPredictor,
+    FrequencyBias,
+    encode_box_info,
+    layer_init,
+    nms_class_assignment,
+    to_onehot,
+)
 
 
 def centre_x_order(proposals: Sequence[InstanceData]) -> List[Tensor]:
