@@ -6,9 +6,13 @@
     result = compare_dumps('dumps/fp32', 'dumps/bf16')
     write_report(result, 'report')        # compare.csv, plots, advice.json
 
-CLI: ``tools/analysis/compare_accuracy.py {dump,compare,run}``. Modules: :mod:`.dump` (torch
-settings), :mod:`.onnx_dump`, :mod:`.openmmlab` (configs and pipelines), :mod:`.metrics`,
-:mod:`.compare`, :mod:`.report`, :mod:`.advisor`.
+CLI: ``tools/analysis/compare_accuracy.py {dump,compare,run,suggest-fp32}``. Modules:
+:mod:`.capture` (settings, leaf modules, flattening; shared by the dumpers), :mod:`.dump`
+(torch, attribution), :mod:`.onnx_dump`, :mod:`.openmmlab` (configs and pipelines),
+:mod:`.manifest` (dump layout), :mod:`.metrics` (streaming metrics, grades),
+:mod:`.elements` (worst elements, error distribution), :mod:`.resources` (memory, threads),
+:mod:`.compare`, :mod:`.report`, :mod:`.html` (the one-file HTML report), :mod:`.advisor`,
+:mod:`.fix` (fp32 fix search), :mod:`.common` (small shared helpers).
 
 Names are resolved lazily: ``import ovkit.accuracy`` imports neither torch nor matplotlib nor
 onnx, so comparing dumps stays cheap.
@@ -19,14 +23,16 @@ _EXPORTS = {
     'AccuracyError': 'manifest', 'load_dump': 'manifest', 'save_arrays': 'manifest',
     'DumpWriter': 'manifest',
     'register_metric': 'metrics', 'unregister_metric': 'metrics', 'stream_metrics': 'metrics',
-    'BUILTIN_METRICS': 'metrics',
+    'BUILTIN_METRICS': 'metrics', 'grade': 'metrics',
     'compare_dumps': 'compare', 'CompareResult': 'compare',
     'write_report': 'report', 'write_csv': 'report', 'plot_scatter': 'report',
-    'tensor_detail': 'report',
+    'tensor_detail': 'elements', 'top_errors': 'elements', 'error_histogram': 'elements',
     'advise': 'advisor',
-    'dump_module': 'dump', 'parse_setting': 'dump', 'SETTINGS': 'dump',
+    'dump_module': 'dump', 'parse_setting': 'capture', 'SETTINGS': 'capture',
     'dump_onnx': 'onnx_dump',
     'dump_config': 'openmmlab', 'build_model': 'openmmlab',
+    'keep_fp32': 'fix', 'suggest_fp32': 'fix', 'fp32_snippet': 'fix',
+    'write_html': 'html', 'own_error_ranking': 'advisor',
 }
 __all__ = sorted(_EXPORTS)
 

@@ -2,12 +2,17 @@
 
     compare_accuracy.py dump CONFIG [CKPT] --input FILE --setting fp16 --out DIR
     compare_accuracy.py compare DIR_A DIR_B --out REPORT_DIR
-    compare_accuracy.py run CONFIG [CKPT] --input FILE --settings fp32,bf16 --out DIR
+    compare_accuracy.py run CONFIG [CKPT] --input FILE --settings fp32,bf16 --out DIR [--isolate]
+    compare_accuracy.py suggest-fp32 CONFIG [CKPT] --input FILE --setting fp16 --out DIR
 
 ``run`` builds the model and preprocesses the input once, dumps every setting into
 ``DIR/dumps/{setting}`` (replacing an earlier run there) and compares the first setting with
-each other one into ``DIR/report/{first}_vs_{other}``. Exit status: 0, 1 on bad input (the
-message says what to fix), 3 with ``--strict`` when the advisor reports an error.
+each other one into ``DIR/report/{first}_vs_{other}`` (CSV, report.html, PNGs, advice).
+``--isolate`` dumps the reference with module inputs and runs every module of the other
+settings on them too (error attribution). ``suggest-fp32`` does that for one low-precision
+setting and then searches the modules to keep in float32 (``DIR/keep_fp32.py``). Exit status:
+0, 1 on bad input (the message says what to fix), 3 with ``--strict`` when the advisor
+reports an error.
 """
 import argparse
 import os.path as osp
@@ -20,11 +25,15 @@ EXAMPLES = """examples:
       --input data/shapes/coco/val/000000.png --setting bf16 --out dumps/bf16
   %(prog)s compare dumps/fp32 dumps/bf16 --out report --threshold 0.999
   %(prog)s run configs/shapes/faster_rcnn_tiny.py none --input img.png --settings fp32,bf16,fp16
+  %(prog)s run mmpretrain::resnet/resnet18_8xb32_in1k.py --input img.png --isolate --out acc
+  %(prog)s suggest-fp32 configs/shapes/faster_rcnn_tiny.py --input img.png --setting fp16 \\
+      --out work_dirs/fp32_fix
 """
 
 
 def _add_dump_args(p, many):
-    p.add_argument('config', help='model config file')
+    p.add_argument('config', help='model config file, or a packaged one such as '
+                                  'mmpretrain::resnet/resnet18_8xb32_in1k.py')
     p.add_argument('checkpoint', nargs='?', default=None,
                    help='checkpoint (.pth); omit or "none" for seeded random weights')
     p.add_argument('--input', required=True,
@@ -35,9 +44,13 @@ def _add_dump_args(p, many):
                        help='comma-separated settings; the first is the reference '
                             '(default fp32,bf16). Settings: fp32 fp16 bf16 cuda cuda-fp16 '
                             'cuda-bf16 onnx')
+        p.add_argument('--isolate', action='store_true',
+                       help='error attribution: also run every module of the other settings '
+                            "on the reference's recorded inputs (one extra forward pass each)")
     else:
-        p.add_argument('--setting', default='fp32',
-                       help='fp32 (default) fp16 bf16 cuda cuda-fp16 cuda-bf16 onnx')
+        p.add_argument('--setting', default=None,
+                       help='fp32 (dump default) fp16 bf16 cuda cuda-fp16 cuda-bf16 onnx; '
+                            'suggest-fp32: fp16 (default) bf16 cuda-fp16 cuda-bf16')
     p.add_argument('--mode', choices=('predict', 'tensor', 'feat'), default=None,
                    help='forward: predict (default; data samples out), tensor (raw head '
                         'outputs), feat (extract_feat: backbone + neck; default with onnx). '
@@ -53,7 +66,8 @@ def _add_dump_args(p, many):
 
 def _add_compare_args(p):
     from .advisor import DEFAULT_INPUT_THRESHOLD, DEFAULT_THRESHOLD
-    from .metrics import DEFAULT_CHUNK, FP16_MAX
+    from .metrics import FP16_MAX
+    from .resources import DEFAULT_CHUNK
     p.add_argument('--range', dest='op_range', default=None, metavar='START,END,STEP',
                    help="compare only A's op indices START..END (inclusive) every STEP")
     p.add_argument('--metric', default='cosine_similarity',
@@ -81,6 +95,9 @@ def _add_compare_args(p):
                    help='import MODULE, which registers extra metrics with '
                         'ovkit.accuracy.register_metric (repeatable)')
     p.add_argument('--no-plots', action='store_true', help='skip the PNG plots')
+    p.add_argument('--no-html', action='store_true', help='skip report.html')
+    p.add_argument('--html-cdfs', type=int, default=10,
+                   help='worst tensors whose error distribution report.html embeds (10)')
     p.add_argument('--strict', action='store_true',
                    help='exit with status 3 when the advisor reports an error')
 
@@ -95,6 +112,9 @@ def build_parser():
     _add_dump_args(d, many=False)
     d.add_argument('--out', required=True, help='dump directory')
     d.add_argument('--overwrite', action='store_true', help='replace a dump already in --out')
+    d.add_argument('--isolate', metavar='REF_DIR', default=None,
+                   help='reference dump with module inputs: also run every module on its '
+                        'recorded inputs (error attribution)')
     c = sub.add_parser('compare', help='compare two dump directories')
     c.add_argument('dir_a', help='reference dump (e.g. fp32)')
     c.add_argument('dir_b', help='dump to check')
@@ -104,7 +124,13 @@ def build_parser():
     _add_dump_args(r, many=True)
     r.add_argument('--out', required=True, help='output directory (dumps/ and report/)')
     _add_compare_args(r)
-    for p in (d, c, r):
+    f = sub.add_parser('suggest-fp32', help='find the modules to keep in float32 under a '
+                                            'low-precision setting')
+    _add_dump_args(f, many=False)
+    f.add_argument('--out', required=True, help='output directory (dumps/, report/, '
+                                                'keep_fp32.py, suggest_fp32.json)')
+    _add_compare_args(f)
+    for p in (d, c, r, f):
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return parser
 
@@ -120,17 +146,21 @@ def _cfg_options(items):
 
 def _report(args, dir_a, dir_b, out, console):
     from .compare import compare_dumps
-    from .report import write_report
     result = compare_dumps(dir_a, dir_b, op_range=args.op_range, workers=args.workers,
                            chunk=args.chunk, fp16_max=args.fp16_max,
                            progress=not args.no_progress, plugins=args.metric_plugin)
     st = result.stats
     console.print(f'compared {st["pairs"]} pairs, {st["bytes"] / 1e6:.1f} MB in '
                   f'{st["seconds"]:.2f}s with {st["workers"]} worker(s)')
-    paths = write_report(result, out, args.metric, args.threshold, args.input_threshold,
-                         args.fp16_max, args.tensor, args.top_n, args.error_by, args.top,
-                         plots=not args.no_plots, console=console)
-    return paths['advice']
+    return _write(args, result, out, console)['advice']
+
+
+def _write(args, result, out, console, extra_findings=()):
+    from .report import write_report
+    return write_report(result, out, args.metric, args.threshold, args.input_threshold,
+                        args.fp16_max, args.tensor, args.top_n, args.error_by, args.top,
+                        plots=not args.no_plots, console=console, html=not args.no_html,
+                        html_cdfs=args.html_cdfs, extra_findings=extra_findings)
 
 
 def _dump_kwargs(args):
@@ -145,14 +175,18 @@ def main(argv=None):
     try:
         if args.command == 'dump':
             from .openmmlab import dump_config
-            dump = dump_config(args.config, args.checkpoint, args.input, args.out, args.setting,
+            dump = dump_config(args.config, args.checkpoint, args.input, args.out,
+                               args.setting or 'fp32',
                                cfg_options=_cfg_options(args.cfg_options), seed=args.seed,
-                               overwrite=args.overwrite, **_dump_kwargs(args))
+                               overwrite=args.overwrite, isolate_from=args.isolate,
+                               **_dump_kwargs(args))
             console.print(f'dumped {len(dump.entries)} tensors ({dump.setting}) to {args.out}')
             return 0
         if args.command == 'compare':
             advice = _report(args, args.dir_a, args.dir_b, args.out, console)
             return 3 if args.strict and _has_error(advice) else 0
+        if args.command == 'suggest-fp32':
+            return _suggest(args, console)
         return _run(args, console)
     except AccuracyError as e:
         print(f'error: {e}', file=sys.stderr)  # unwrapped: paths in it stay copyable
@@ -164,7 +198,7 @@ def _has_error(advice):
 
 
 def _run(args, console):
-    from .dump import parse_setting
+    from .capture import parse_setting
     from .openmmlab import build_model, default_mode, dump_config, prepare_inputs
     settings = [parse_setting(s) for s in args.settings.split(',') if s.strip()]
     if len(settings) < 2:
@@ -176,12 +210,19 @@ def _run(args, console):
     if args.mode is None:  # one forward for every setting, so that all dumps match
         args.mode = default_mode(model, settings)
     dirs = []
-    for s in settings:
+    for i, s in enumerate(settings):
         d = osp.join(args.out, 'dumps', s.name)
+        kw = _dump_kwargs(args)
+        if args.isolate and i == 0:
+            kw['dump_inputs'] = True
+        elif args.isolate:
+            kw['isolate_from'] = dirs[0]
         dump = dump_config(cfg, args.checkpoint, args.input, d, s, model=model,
-                           prepared=prepared, seed=args.seed, overwrite=True,
-                           **_dump_kwargs(args))
-        console.print(f'dumped {len(dump.entries)} tensors ({s.name}) to {d}')
+                           prepared=prepared, seed=args.seed, overwrite=True, **kw)
+        iso = dump.meta.get('isolation')
+        console.print(f'dumped {len(dump.entries)} tensors ({s.name}) to {d}' + (
+            f'; isolated {iso["calls"]} module calls in {iso["seconds"]:.2f}s (forward pass '
+            f'{dump.meta.get("forward_seconds") or 0:.2f}s)' if iso else ''))
         dirs.append(d)
     failed = False
     for s, d in zip(settings[1:], dirs[1:]):
@@ -189,6 +230,38 @@ def _run(args, console):
         console.rule(f'{settings[0].name} vs {s.name}')
         advice = _report(args, dirs[0], d, out, console)
         failed |= _has_error(advice)
+    return 3 if args.strict and failed else 0
+
+
+def _suggest(args, console):
+    import json
+
+    from .fix import fix_finding, suggest_fp32
+    from .openmmlab import build_model, host_scope, make_forward, prepare_inputs
+    setting = args.setting or 'fp16'
+    model, cfg = build_model(args.config, args.checkpoint, _cfg_options(args.cfg_options),
+                             args.seed)
+    inputs, samples, info = prepare_inputs(model, cfg, args.input)
+    mode = args.mode or 'predict'
+    meta = dict(config=getattr(cfg, 'filename', args.config), checkpoint=args.checkpoint,
+                input=info, mode=mode)
+    with host_scope(cfg):
+        found = suggest_fp32(model, inputs, args.out, setting,
+                             forward=make_forward(samples, mode), metric=args.metric,
+                             threshold=args.threshold, skip=('data_preprocessor',),
+                             seed=args.seed, meta=meta, progress=not args.no_progress,
+                             workers=args.workers)
+    finding = fix_finding(found)
+    paths = _write(args, found['result'], osp.join(args.out, 'report'), console, [finding])
+    with open(osp.join(args.out, 'suggest_fp32.json'), 'w') as f:
+        json.dump({k: v for k, v in found.items() if k != 'result'}, f, indent=1, default=str)
+    if found['snippet']:
+        with open(osp.join(args.out, 'keep_fp32.py'), 'w') as f:
+            f.write(found['snippet'])
+        console.rule('keep in float32')
+        print(found['snippet'], flush=True)  # not through rich: no wrapping, paste-ready
+    console.print(f'{finding["message"]}; html report: {paths["html"]}', markup=False)
+    failed = found['modules'] is None or _has_error(paths['advice'])
     return 3 if args.strict and failed else 0
 
 

@@ -5,6 +5,11 @@ op index. Every problem (a tensor on one side only, a shape mismatch, an empty o
 file) becomes a row with a ``reason``: one bad tensor never hides the rest of the report.
 Pairs are compared in forked worker processes, largest first; each worker streams its pair
 through :func:`ovkit.accuracy.metrics.stream_metrics`, so memory stays at a few chunk buffers.
+
+When dump B holds isolated outputs (``dump_module(..., isolate_from=dump A)``: each module of
+B run on A's recorded inputs), each module output row also gets ``isolated_*`` columns: the
+error the module introduces itself, next to the error that reached it through the model (the
+plain metric columns).
 """
 import importlib
 import math
@@ -14,13 +19,30 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from .manifest import AccuracyError, load_dump
-from .metrics import (BUILTIN_METRICS, COUNT_COLUMNS, DEFAULT_CHUNK, EXTRA_METRICS, FP16_MAX,
-                      STAT_COLUMNS, _openblas_controls, compare_pair)
+from . import resources
+from .common import finite
+from .common import progress as progress_bar
+from .manifest import AccuracyError, load_dump, open_npy
+from .metrics import (
+    BUILTIN_METRICS,
+    COUNT_COLUMNS,
+    EXTRA_METRICS,
+    FP16_MAX,
+    STAT_COLUMNS,
+    finite_pairs,
+    grade,
+    higher_is_better,
+    stream_metrics,
+)
+from .resources import DEFAULT_CHUNK
 
 ID_COLUMNS = ('op_index', 'name', 'kind', 'call', 'index', 'path', 'module_type', 'shape_a',
               'shape_b', 'dtype_a', 'dtype_b')
 TAIL_COLUMNS = ('overflow', 'reason', 'file_a', 'file_b')
+# of the isolated comparison, these go to the CSV (every built-in metric is in the row)
+ISOLATED_COLUMNS = tuple(f'isolated_{c}' for c in (
+    'cosine_similarity', 'relative_euclidean_distance', 'sqnr_db', 'max_absolute_error',
+    'max_relative_error', 'error_ratio_1e-3', 'error_ratio_5e-3', 'nonfinite_new_b', 'grade'))
 _PARALLEL_MIN_BYTES = 32 << 20  # below this, forking costs more than it saves
 
 
@@ -64,12 +86,10 @@ class CompareResult:
     extra_metrics: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
 
-    def compared_rows(self, metric='cosine_similarity'):
-        return [r for r in self.rows if _finite(r.get(metric))]
-
-
-def _finite(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    @property
+    def isolated(self):
+        """True when B held isolated outputs (the rows have ``isolated_*`` values)."""
+        return any('isolated_cosine_similarity' in r for r in self.rows)
 
 
 def _is_fp16(dtype):
@@ -79,7 +99,7 @@ def _is_fp16(dtype):
 def _init_worker(plugins):
     # one BLAS thread for the worker's life: restoring the parent's count after each pair
     # would start OpenBLAS threads that spin and take the core from the other worker
-    for _, set_threads in _openblas_controls():
+    for _, set_threads in resources.openblas_controls():
         set_threads(1)
     for name in plugins:  # spawn start method: re-register plug-in metrics
         importlib.import_module(name)
@@ -91,20 +111,84 @@ def _mp_context():
     return mp.get_context('fork' if 'fork' in methods else 'spawn')
 
 
-def _progress(enabled, total, description):
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
-    prog = Progress(TextColumn('[bold]{task.description}'), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), disable=not enabled,
-                    transient=False)
-    task = prog.add_task(description, total=total)
-    return prog, task
+_RSS_AT_START = None
 
 
-def run_tasks(tasks, workers=None, progress=False, plugins=(), description='comparing'):
+def compare_pair(task):
+    """Worker: compare two .npy files; never raises, problems become ``reason``.
+
+    Args:
+        task: dict(file_a, file_b, chunk, extra (names of extra metrics), trace_memory).
+
+    Returns the metric dict plus shape_a/shape_b, saved dtypes, ``reason`` (list of str) and,
+    with ``trace_memory`` (Linux), ``rss_growth_kb``: peak resident memory of this process
+    above its level at its first pair (for the benchmark).
+    """
+    global _RSS_AT_START
+    trace = task.get('trace_memory', False)
+    if trace and _RSS_AT_START is None:  # first pair in this process
+        _RSS_AT_START = resources.status_kb('VmRSS') if resources.reset_peak_rss() else -1
+    reasons = []
+    out = dict(shape_a=None, shape_b=None, saved_dtype_a='', saved_dtype_b='')
+    arrs = {}
+    for side in ('a', 'b'):
+        path = task.get(f'file_{side}')
+        if path is None:
+            continue
+        try:
+            arr = open_npy(path)
+        except AccuracyError as e:
+            reasons.append(str(e))
+            continue
+        out[f'shape_{side}'] = list(arr.shape)
+        out[f'saved_dtype_{side}'] = str(arr.dtype)
+        if arr.dtype.kind not in 'biuf':
+            reasons.append(f'{path}: dtype {arr.dtype} is not a real number type; not compared')
+            continue
+        arrs[side] = arr
+    if len(arrs) == 2:
+        _compare_arrays(arrs['a'], arrs['b'], task, out, reasons)
+    arrs.clear()
+    out['reason'] = reasons
+    if trace and _RSS_AT_START >= 0:
+        out['rss_growth_kb'] = max(0, resources.status_kb('VmHWM') - _RSS_AT_START)
+    return out
+
+
+def _compare_arrays(a, b, task, out, reasons):
+    if a.shape != b.shape:
+        reasons.append(f'shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}: not compared')
+        return
+    if a.size == 0:
+        reasons.append('empty tensor (0 elements): nothing to compare')
+        return
+    if a.dtype.kind != b.dtype.kind:
+        reasons.append(f'dtype kinds differ ({a.dtype} vs {b.dtype}); compared as float64')
+    out.update(stream_metrics(a, b, task.get('chunk', DEFAULT_CHUNK)))
+    for name in task.get('extra', ()):
+        spec = EXTRA_METRICS.get(name)
+        if spec is None:
+            reasons.append(f'extra metric {name!r} is not registered in the worker; pass its '
+                           'module with --metric-plugin')
+            out[name] = math.nan
+            continue
+        A, B = finite_pairs(a, b)
+        try:
+            out[name] = float(spec.fn(A, B)) if A.size else math.nan
+        except Exception as e:  # a plug-in's bug must not kill the report
+            out[name] = math.nan
+            reasons.append(f'metric {name} failed: {type(e).__name__}: {e}')
+
+
+def run_tasks(tasks, workers=None, show_progress=False, plugins=(), description='comparing'):
     """Run :func:`compare_pair` on every task; results in task order.
 
-    ``workers``: processes (default: all cores); 0 or 1 compares in this process.
+    Args:
+        tasks: task dicts for :func:`compare_pair` (``bytes`` orders and sizes the work).
+        workers: processes (default: all cores); 0 or 1 compares in this process.
+        show_progress: show a progress bar.
+        plugins: modules that register extra metrics, imported in each worker.
+        description: label of the progress bar.
     """
     sizes = [t.get('bytes', 0) for t in tasks]
     total = sum(sizes)
@@ -113,7 +197,7 @@ def run_tasks(tasks, workers=None, progress=False, plugins=(), description='comp
     workers = min(workers, len(tasks))
     results = [None] * len(tasks)
     if workers <= 1 or total < _PARALLEL_MIN_BYTES:
-        prog, ptask = _progress(progress, total, description)
+        prog, ptask = progress_bar(show_progress, total, description, transfer=True)
         with prog:
             for i, t in enumerate(tasks):
                 results[i] = compare_pair(t)
@@ -124,7 +208,7 @@ def run_tasks(tasks, workers=None, progress=False, plugins=(), description='comp
                              initargs=(tuple(plugins),)) as pool:
         # the first submit forks every worker, before the progress bar starts its thread
         futures = {pool.submit(compare_pair, tasks[order[0]]): order[0]}
-        prog, ptask = _progress(progress, total, description)
+        prog, ptask = progress_bar(show_progress, total, description, transfer=True)
         with prog:
             futures.update({pool.submit(compare_pair, tasks[i]): i for i in order[1:]})
             for fut in as_completed(futures):
@@ -154,11 +238,22 @@ def compare_dumps(dir_a, dir_b, op_range=None, workers=None, chunk=DEFAULT_CHUNK
                   trace_memory=False):
     """Compare dump ``dir_a`` (reference) with ``dir_b``; returns a :class:`CompareResult`.
 
-    ``op_range``: ``'start,end,step'`` or a tuple, on A's op index (end inclusive); tensors
-    only in B are left out when a range is given. ``extra_metrics``: names registered with
-    :func:`ovkit.accuracy.register_metric` (default: all registered). ``trace_memory``
-    measures each worker's peak resident memory growth (``stats['worker_rss_growth_kb']``).
+    Args:
+        dir_a: reference dump directory.
+        dir_b: dump to check (its isolated outputs, if any, become ``isolated_*`` columns).
+        op_range: ``'start,end,step'`` or a tuple on A's op index (end inclusive); tensors
+            only in B are left out when a range is given.
+        workers: worker processes (default: all cores).
+        chunk: elements per streaming chunk.
+        extra_metrics: names registered with :func:`ovkit.accuracy.register_metric`
+            (default: all registered).
+        fp16_max: magnitude treated as fp16 overflow.
+        progress: show a progress bar.
+        plugins: modules to import that register extra metrics.
+        trace_memory: measure each worker's peak resident memory growth
+            (``stats['worker_rss_growth_kb']``).
     """
+    global _RSS_AT_START
     for name in plugins:
         importlib.import_module(name)
     dump_a, dump_b = load_dump(dir_a), load_dump(dir_b)
@@ -168,12 +263,24 @@ def compare_dumps(dir_a, dir_b, op_range=None, workers=None, chunk=DEFAULT_CHUNK
     if unknown:
         raise AccuracyError(f'extra metric(s) {unknown} are not registered; register them with '
                             'ovkit.accuracy.register_metric or pass --metric-plugin MODULE')
+    warnings = setup_differences(dump_a, dump_b)
+    entries_a, entries_b = _matchable(dump_a, dump_b, warnings)
+    isolated = {(e.name, 'output', e.call, e.index): e for e in dump_b.entries
+                if e.kind == 'isolated'}
     b_by_key = {}
-    for e in dump_b.entries:
+    for e in entries_b:
         b_by_key.setdefault(e.key, e)
     used_b = set()
     rows, tasks, task_rows = [], [], []
-    for i, ea in enumerate(dump_a.entries):
+
+    def add_task(row, file_a, file_b, isolated_entry=None):
+        tasks.append(dict(file_a=file_a, file_b=file_b, chunk=chunk, extra=extra,
+                          bytes=_file_bytes(file_a) + _file_bytes(file_b),
+                          trace_memory=trace_memory))
+        task_rows.append((row, isolated_entry))
+
+    for ea in entries_a:
+        i = ea.order
         eb = b_by_key.get(ea.key)
         if eb is not None:
             used_b.add(ea.key)
@@ -185,13 +292,13 @@ def compare_dumps(dir_a, dir_b, op_range=None, workers=None, chunk=DEFAULT_CHUNK
         rows.append(row)
         if eb is None:
             row['reason'] = [f'only in A: {dump_b.root} has no {ea.label}']
-            continue
-        tasks.append(dict(file_a=row['file_a'], file_b=row['file_b'], chunk=chunk, extra=extra,
-                          bytes=_file_bytes(row['file_a']) + _file_bytes(row['file_b']),
-                          trace_memory=trace_memory))
-        task_rows.append(row)
+        else:
+            add_task(row, row['file_a'], row['file_b'])
+        if ea.key in isolated:
+            e_iso = isolated[ea.key]
+            add_task(row, row['file_a'], dump_b.file_path(e_iso), e_iso)
     if rng is None:
-        for eb in dump_b.entries:
+        for eb in entries_b:
             if eb.key not in used_b:
                 row = _base_row(None, None, eb)
                 row.update(file_a='', file_b=dump_b.file_path(eb),
@@ -203,30 +310,42 @@ def compare_dumps(dir_a, dir_b, op_range=None, workers=None, chunk=DEFAULT_CHUNK
     t0 = time.perf_counter()
     results, used_workers = run_tasks(tasks, workers, progress, plugins)
     seconds = time.perf_counter() - t0
-    peak_rss = max((r['peak_rss_kb'] for r in results), default=0)
     rss_growth = max((r.pop('rss_growth_kb', 0) for r in results), default=0)
     if trace_memory:  # a later comparison in this process measures afresh
-        from . import metrics
-        metrics._RSS_AT_START = None
-    for row, res in zip(task_rows, results):
-        _merge(row, res, fp16_max)
+        _RSS_AT_START = None
+    for (row, e_iso), res in zip(task_rows, results):
+        if e_iso is None:
+            _merge(row, res, fp16_max)
+        else:
+            _merge_isolated(row, res, e_iso.dtype, fp16_max)
     for row in rows:
         for col in list(BUILTIN_METRICS) + list(STAT_COLUMNS) + list(COUNT_COLUMNS) + extra:
             row.setdefault(col, math.nan)
-        if not _finite(row.get('numel')):
+        if not finite(row.get('numel')):
             row['numel'] = _numel(row.get('shape_a') or row.get('shape_b'))
         row.setdefault('overflow', False)
+        row['grade'] = grade(row)
         row['reason'] = '; '.join(row.get('reason') or [])
-    columns = (list(ID_COLUMNS) + ['numel', 'compared'] + list(BUILTIN_METRICS) + extra +
-               list(STAT_COLUMNS) + [c for c in COUNT_COLUMNS if c not in ('numel', 'compared')]
-               + list(TAIL_COLUMNS))
+    columns = (list(ID_COLUMNS) + ['numel', 'compared'] + list(BUILTIN_METRICS) + ['grade'] +
+               extra + (list(ISOLATED_COLUMNS) if isolated else []) + list(STAT_COLUMNS) +
+               [c for c in COUNT_COLUMNS if c not in ('numel', 'compared')] + list(TAIL_COLUMNS))
     nbytes = sum(t['bytes'] for t in tasks)
-    warnings = setup_differences(dump_a, dump_b)
     stats = dict(pairs=len(tasks), bytes=nbytes, seconds=seconds, workers=used_workers,
                  gb_per_s=nbytes / seconds / 1e9 if seconds > 0 else math.nan,
-                 peak_worker_rss_kb=peak_rss, worker_rss_growth_kb=rss_growth,
-                 warnings=warnings)
+                 worker_rss_growth_kb=rss_growth, warnings=warnings)
     return CompareResult(rows, columns, dump_a, dump_b, extra, stats)
+
+
+def _matchable(dump_a, dump_b, warnings):
+    """Entries of A and B to match: isolated outputs are no rows of their own, and module
+    inputs dumped on one side only (A dumped with inputs for the attribution) are left out."""
+    has_inputs = [any(e.kind == 'input' for e in d.entries) for d in (dump_a, dump_b)]
+    drop = {'isolated'}
+    if has_inputs[0] != has_inputs[1]:
+        drop.add('input')
+        warnings.append(f'module inputs are dumped in {"A" if has_inputs[0] else "B"} only: '
+                        'they are not compared (dump both with --dump-inputs to compare them)')
+    return ([e for e in d.entries if e.kind not in drop] for d in (dump_a, dump_b))
 
 
 def setup_differences(dump_a, dump_b):
@@ -241,6 +360,11 @@ def setup_differences(dump_a, dump_b):
         out.append(f'dump B is partial: {dump_b.meta["error"]}')
     if dump_a.meta.get('error'):
         out.append(f'dump A is partial: {dump_a.meta["error"]}')
+    skipped = (dump_b.meta.get('isolation') or {}).get('skipped') or {}
+    if skipped:
+        shown = '; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:5])
+        out.append(f'{len(skipped)} module call(s) of B could not be isolated (no isolated_* '
+                   f'values): {shown}' + (' ...' if len(skipped) > 5 else ''))
     for side, d in (('A', dump_a), ('B', dump_b)):
         if d.meta.get('fp32_fallback_ops'):
             out.append(f'in dump {side}, extension ops without low-precision kernels ran in '
@@ -257,9 +381,19 @@ def _numel(shape):
     return n
 
 
+def _merge_isolated(row, res, dtype_b, fp16_max):
+    """Metrics of A's output vs B's module run on A's inputs, as ``isolated_*`` columns."""
+    iso = dict(dtype_a=row['dtype_a'], dtype_b=dtype_b)
+    _merge(iso, res, fp16_max)
+    for k in list(BUILTIN_METRICS) + ['nonfinite_new_b', 'overflow']:
+        row[f'isolated_{k}'] = iso.get(k, math.nan)
+    row['isolated_grade'] = grade(iso)
+    if iso['reason']:
+        row.setdefault('reason', []).append('isolated: ' + '; '.join(iso['reason']))
+
+
 def _merge(row, res, fp16_max):
     reasons = list(res.pop('reason'))
-    res.pop('peak_rss_kb', None)
     for side in ('a', 'b'):
         shape, saved = res.pop(f'shape_{side}'), res.pop(f'saved_dtype_{side}')
         if shape is not None:
@@ -273,13 +407,21 @@ def _merge(row, res, fp16_max):
         overflow = True
         reasons.append(f'B has {new_nf} NaN/inf where A is finite')
     absmax_a = res.get('absmax_a')
-    if _is_fp16(row['dtype_b']) and _finite(absmax_a) and absmax_a > fp16_max:
+    if _is_fp16(row['dtype_b']) and finite(absmax_a) and absmax_a > fp16_max:
         overflow = True
         reasons.append(f'A reaches |x| = {absmax_a:.6g}, beyond the fp16 range {fp16_max:g}')
     nf_a = (res.get('nan_a') or 0) + (res.get('inf_a') or 0)
     if nf_a:
         reasons.append(f'A has {res["nan_a"]} NaN and {res["inf_a"]} inf (skipped by metrics)')
-    if _finite(res.get('compared')) and res.get('numel') and res['compared'] == 0:
+    if finite(res.get('compared')) and res.get('numel') and res['compared'] == 0:
         reasons.append('no position is finite on both sides: metrics undefined')
     row['overflow'] = overflow
     row['reason'] = reasons
+
+
+def worst_rows(result, metric='cosine_similarity', top=20):
+    """Compared rows sorted worst first by ``metric``."""
+    rows = [r for r in result.rows if finite(r.get(metric))]
+    hib = higher_is_better(metric)
+    rows.sort(key=lambda r: (r[metric] if hib else -r[metric], r['op_index'] or 0))
+    return rows[:top]

@@ -2,187 +2,41 @@
 
 Forward hooks on the leaf modules save each tensor at once (memory stays at one tensor, and an
 in-place op further on cannot change what was saved). Nested tuples/lists/dicts and
-OpenMMLab data samples are flattened in a fixed order, so two runs of one model produce the
-same (name, kind, call, index) keys whatever the setting. See :mod:`.manifest` for the layout.
+OpenMMLab data samples are flattened in a fixed order (:mod:`.capture`), so two runs of one
+model produce the same (name, kind, call, index) keys whatever the setting. See
+:mod:`.manifest` for the layout and :mod:`.capture` for the settings.
 
-Settings (``setting=``):
-
-==================  ===========================================================
-fp32 (alias cpu)    CPU, float32: the ground truth
-fp16, bf16          CPU, ``torch.autocast('cpu', dtype)``
-cuda (cuda-fp32)    CUDA, float32
-cuda-fp16/-bf16     CUDA, ``torch.autocast('cuda', dtype)``
-onnx (alias ort)    ONNX Runtime on CPU; intermediate outputs exposed (:mod:`.onnx_dump`)
-==================  ===========================================================
+Error attribution (``isolate_from``): while the model runs under the setting, each leaf
+module call is first run once more on the *reference's* recorded inputs of that call (a
+reference dumped with ``dump_inputs=True``), and that output is saved as kind ``isolated``.
+Comparing it with the reference output gives the error the module introduces itself; the
+plain output carries the error inherited from upstream too. The inputs are fed as the
+reference recorded them (its dtype, moved to this setting's device), so an op that autocast
+leaves in the input's dtype (ReLU, pooling, add) adds nothing, and the rounding of a
+low-precision output is charged to the module that produced it, once. The extra cost is one
+call of every leaf module: at most one more forward pass (plus reading the inputs).
 """
 import contextlib
-import re
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from .manifest import MODEL_INPUT, MODEL_OUTPUT, AccuracyError, DumpWriter, load_dump
-
-
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    backend: str = 'torch'  # torch | onnxruntime
-    device: str = 'cpu'
-    dtype: str = 'float32'  # autocast dtype; float32 = no autocast
-
-    @property
-    def autocast_dtype(self):
-        return None if self.dtype == 'float32' else getattr(torch, self.dtype)
-
-
-_ALIASES = {'cpu': 'fp32', 'cpu-fp32': 'fp32', 'cpu-fp16': 'fp16', 'cpu-bf16': 'bf16',
-            'cuda-fp32': 'cuda', 'ort': 'onnx', 'onnxruntime': 'onnx', 'float32': 'fp32',
-            'float16': 'fp16', 'half': 'fp16', 'bfloat16': 'bf16'}
-SETTINGS = {
-    'fp32': Setting('fp32'),
-    'fp16': Setting('fp16', dtype='float16'),
-    'bf16': Setting('bf16', dtype='bfloat16'),
-    'cuda': Setting('cuda', device='cuda'),
-    'cuda-fp16': Setting('cuda-fp16', device='cuda', dtype='float16'),
-    'cuda-bf16': Setting('cuda-bf16', device='cuda', dtype='bfloat16'),
-    'onnx': Setting('onnx', backend='onnxruntime'),
-}
-
-
-def parse_setting(setting):
-    """Setting object from a name (see module docstring); AccuracyError lists the valid ones."""
-    if isinstance(setting, Setting):
-        return setting
-    key = str(setting).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in SETTINGS:
-        raise AccuracyError(f'unknown setting {setting!r}; choose one of '
-                            f'{", ".join(SETTINGS)} (aliases: {", ".join(_ALIASES)})')
-    s = SETTINGS[key]
-    if s.device == 'cuda' and not torch.cuda.is_available():
-        raise AccuracyError(
-            f'setting {s.name!r} needs a CUDA GPU, but torch.cuda.is_available() is False here '
-            f'(torch {torch.__version__}). Use fp32/fp16/bf16 (CPU) or onnx on this machine.')
-    return s
-
-
-# ----------------------------------------------------------------------------- flattening
-def _data_element_type():
-    try:
-        from mmengine.structures import BaseDataElement
-        return BaseDataElement
-    except ImportError:  # pragma: no cover - mmengine is a dependency; keep plain torch usable
-        return ()
-
-
-def flatten_tensors(obj, path=''):
-    """[(path, tensor)] of every tensor in ``obj``, depth first, in a deterministic order.
-
-    Tuples/lists by position, dicts by insertion order, data samples (mmengine
-    ``BaseDataElement``) by sorted field name; of a data sample only the ``pred*`` fields are
-    kept when it has any (its gt/ignored fields are inputs, not results). Non-tensor leaves
-    are skipped.
-    """
-    out = []
-    _flatten(obj, path, out, _data_element_type(), set())
-    return out
-
-
-def _flatten(obj, path, out, element_type, seen):
-    if isinstance(obj, torch.Tensor):
-        out.append((path or '.', obj))
-    elif isinstance(obj, np.ndarray):
-        if obj.dtype.kind in 'biuf':
-            out.append((path or '.', torch.from_numpy(np.ascontiguousarray(obj))))
-    elif element_type and isinstance(obj, element_type):
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        # sorted: data fields live in a set, whose order changes between processes
-        keys = sorted(obj.keys())
-        preds = [k for k in keys if k.startswith('pred')]
-        for k in preds or keys:
-            _flatten(getattr(obj, k), f'{path}.{k}', out, element_type, seen)
-    elif isinstance(obj, dict):
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        for k, v in obj.items():
-            _flatten(v, f'{path}[{k!r}]', out, element_type, seen)
-    elif isinstance(obj, (tuple, list)):
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        for i, v in enumerate(obj):
-            _flatten(v, f'{path}[{i}]', out, element_type, seen)
-
-
-_NUMPY_DTYPES = {torch.float16, torch.float32, torch.float64, torch.int8, torch.int16,
-                 torch.int32, torch.int64, torch.uint8, torch.bool}
-
-
-def to_numpy(t):
-    """A tensor as a numpy array numpy can save; bfloat16 and other exotic floats go to
-    float32 (exact for bfloat16), the original dtype is kept in the manifest."""
-    t = t.detach()
-    if t.layout != torch.strided:
-        t = t.to_dense()
-    if t.is_quantized:
-        t = t.dequantize()
-    if t.dtype not in _NUMPY_DTYPES:
-        t = t.float() if (t.is_floating_point() or t.is_complex()) else t.long()
-    return t.cpu().numpy()
-
-
-def to_device(obj, device):
-    """Move every tensor / data sample in a nested input structure to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return type(obj)((k, to_device(v, device)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)) and not hasattr(obj, '_fields'):
-        return type(obj)(to_device(v, device) for v in obj)
-    element_type = _data_element_type()
-    if element_type and isinstance(obj, element_type):
-        return obj.to(device)
-    return obj
-
-
-def call_model(model, inputs, forward=None):
-    """``forward(model, inputs)`` if given, else model(*inputs), model(**inputs) or
-    model(inputs) for a tuple, a dict or anything else."""
-    if forward is not None:
-        return forward(model, inputs)
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def leaf_modules(model, include=None, exclude=None, skip=()):
-    """[(name, module)] of modules without children, filtered by regexes on the name.
-
-    ``skip``: name prefixes left out (e.g. ``data_preprocessor``, which the dumper runs once
-    outside the compared forward).
-    """
-    inc = re.compile(include) if include else None
-    exc = re.compile(exclude) if exclude else None
-    leaves = []
-    for name, m in model.named_modules():
-        if not name or next(m.children(), None) is not None:
-            continue
-        if any(name == s or name.startswith(s + '.') for s in skip):
-            continue
-        if (inc and not inc.search(name)) or (exc and exc.search(name)):
-            continue
-        leaves.append((name, m))
-    if not leaves and next(model.children(), None) is None:
-        leaves = [('root', model)]
-    return leaves
-
+from .capture import (
+    call_model,
+    describe,
+    device_name,
+    flatten_tensors,
+    leaf_modules,
+    module_args,
+    parse_setting,
+    replace_tensors,
+    to_device,
+    write_tensors,
+)
+from .common import progress as progress_bar
+from .manifest import MODEL_INPUT, MODEL_OUTPUT, AccuracyError, Dump, DumpWriter, load_dump
 
 _DTYPE_ERRORS = ('expected scalar type', 'not implemented for', 'Float but found',
                  'dtype mismatch', 'expected both inputs to have same dtype')
@@ -241,43 +95,123 @@ def fp32_fallback_for_extensions(used):
             setattr(ext, name, fn)
 
 
-def _progress(enabled, total, description):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
-    prog = Progress(TextColumn('[bold]{task.description}'), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), disable=not enabled)
-    return prog, prog.add_task(description, total=total)
+class Isolator:
+    """Runs a leaf module call on the reference's recorded inputs of that call and saves the
+    output as kind ``isolated`` (see module docstring).
 
+    Args:
+        reference: reference dump (directory or :class:`~.manifest.Dump`) with module inputs.
+        writer: the :class:`~.manifest.DumpWriter` of this setting's dump.
+        device: device this setting runs on.
+    """
 
-def write_tensors(writer, name, obj, kind, module_type=''):
-    for index, (path, t) in enumerate(flatten_tensors(obj)):
-        writer.add(name, to_numpy(t), kind=kind, index=index, dtype=str(t.dtype), path=path,
-                   module_type=module_type)
+    def __init__(self, reference, writer, device):
+        self.ref = reference if isinstance(reference, Dump) else load_dump(reference)
+        self.inputs = {}
+        for e in self.ref.entries:
+            if e.kind == 'input':
+                self.inputs.setdefault((e.name, e.call), {})[e.index] = e
+        if not self.inputs:
+            raise AccuracyError(
+                f'the reference dump {self.ref.root} has no module inputs, which isolating '
+                'needs: dump it with --dump-inputs (dump_inputs=True), or use `run --isolate`, '
+                'which does.')
+        self.writer, self.device = writer, device
+        self.active = False
+        self.calls = 0
+        self.seconds = 0.0
+        self.skipped = {}
 
+    def _load(self, entry):
+        t = torch.from_numpy(np.load(self.ref.file_path(entry), allow_pickle=False))
+        dtype = getattr(torch, entry.dtype.replace('torch.', ''), None)
+        if isinstance(dtype, torch.dtype) and dtype != t.dtype:
+            t = t.to(dtype)  # bfloat16 is saved as float32
+        return t.to(self.device)
 
-def _describe(obj):
-    return [dict(path=p, shape=list(t.shape), dtype=str(t.dtype)) for p, t in flatten_tensors(obj)]
+    def run(self, name, module, args, kwargs, call):
+        """Isolated call of ``module`` (call number ``call``); a reason is kept when the
+        reference's inputs do not fit this call."""
+        label = f'{name}#{call}' if call else name
+        recorded = self.inputs.get((name, call))
+        flat = flatten_tensors(module_args(args, kwargs))
+        if recorded is None:
+            self.skipped[label] = 'the reference has no inputs for this call'
+            return
+        if sorted(recorded) != list(range(len(flat))):
+            self.skipped[label] = (f'{len(flat)} input tensors here, {len(recorded)} in the '
+                                   'reference')
+            return
+        t0 = time.perf_counter()
+        tensors = [self._load(recorded[i]) for i in range(len(flat))]
+        for (path, mine), ref in zip(flat, tensors):
+            if tuple(mine.shape) != tuple(ref.shape):
+                self.skipped[label] = (f'input {path} has shape {tuple(mine.shape)} here, '
+                                       f'{tuple(ref.shape)} in the reference')
+                return
+        it = iter(tensors)
+        new_args = replace_tensors(tuple(args), it)
+        new_kwargs = replace_tensors({k: kwargs[k] for k in sorted(kwargs)}, it)
+        if next(it, None) is not None:
+            self.skipped[label] = 'inputs inside data samples or numpy arrays cannot be replaced'
+            return
+        self.active = True  # the hooks ignore this call
+        try:
+            with torch.no_grad():
+                out = module(*new_args, **new_kwargs)
+        except Exception as e:  # an isolated failure must not stop the dump
+            self.skipped[label] = f'{type(e).__name__}: {e}'
+            return
+        finally:
+            self.active = False
+        write_tensors(self.writer, name, out, 'isolated', type(module).__name__, call=call)
+        self.calls += 1
+        self.seconds += time.perf_counter() - t0
+
+    def meta(self):
+        return dict(reference=self.ref.root, calls=self.calls, seconds=self.seconds,
+                    skipped=self.skipped)
 
 
 def dump_module(model, inputs, out_dir, setting='fp32', *, forward=None, dump_inputs=False,
                 include=None, exclude=None, skip=(), overwrite=False, progress=False,
-                seed=0, meta=None):
+                seed=0, meta=None, isolate_from=None):
     """Run ``model`` once under ``setting`` and dump every leaf module's outputs to ``out_dir``.
 
-    ``inputs``: a tensor, a tuple of positional arguments, a dict of keyword arguments, or
-    anything ``forward(model, inputs)`` accepts. The model's own inputs (flattened) are saved
-    first as ``__input__`` and its outputs last as ``__output__``. ``dump_inputs`` also saves
-    each leaf module's inputs. Returns the :class:`~ovkit.accuracy.manifest.Dump` read back.
+    The model's own inputs (flattened) are saved first as ``__input__`` and its outputs last
+    as ``__output__``. A forward that fails part-way (e.g. an op without a float16 kernel)
+    still leaves a valid, partial dump (``manifest['error']``) and raises AccuracyError naming
+    the module.
 
-    A forward that fails part-way (e.g. an op without a float16 kernel) still leaves a valid,
-    partial dump (``manifest['error']``) and raises AccuracyError naming the module.
+    Args:
+        model: the ``nn.Module``.
+        inputs: a tensor, a tuple of positional arguments, a dict of keyword arguments, or
+            anything ``forward(model, inputs)`` accepts.
+        out_dir: dump directory.
+        setting: a setting name or :class:`~.capture.Setting`.
+        forward: ``forward(model, inputs)`` to call instead of ``model(inputs)``.
+        dump_inputs: also save each leaf module's inputs (what ``isolate_from`` needs from
+            the reference).
+        include: regex; hook only leaf modules whose name matches.
+        exclude: regex; skip leaf modules whose name matches.
+        skip: name prefixes of modules not to hook.
+        overwrite: replace a dump already in ``out_dir``.
+        progress: show a progress bar.
+        seed: torch seed set before the forward.
+        meta: extra manifest fields.
+        isolate_from: reference dump (with module inputs): also run each module on its
+            recorded inputs (error attribution, see module docstring).
+
+    Returns:
+        The :class:`~ovkit.accuracy.manifest.Dump` read back.
     """
     s = parse_setting(setting)
     if s.backend == 'onnxruntime':
         from .onnx_dump import dump_onnx
         return dump_onnx(model, inputs, out_dir, forward=forward, include=include,
                          exclude=exclude, skip=skip, overwrite=overwrite, progress=progress,
-                         seed=seed, meta=meta, dump_inputs=dump_inputs)
+                         seed=seed, meta=meta, dump_inputs=dump_inputs,
+                         isolate_from=isolate_from)
     writer = DumpWriter(out_dir, overwrite)
     leaves = leaf_modules(model, include, exclude, skip)
     was_training = model.training
@@ -285,21 +219,29 @@ def dump_module(model, inputs, out_dir, setting='fp32', *, forward=None, dump_in
     param = next(model.parameters(), None)
     home = param.device if param is not None else torch.device('cpu')
     device = torch.device(s.device)
-    state = dict(current=None, inside=False, seen=set())
+    iso = Isolator(isolate_from, writer, device) if isolate_from is not None else None
+    state = dict(current=None, inside=False, seen=set(), calls={})
     fallback_ops = set()
-    prog, ptask = _progress(progress, len(leaves), f'dump {s.name}')
+    prog, ptask = progress_bar(progress, len(leaves), f'dump {s.name}')
     handles = []
 
     def pre_hook(name):
         def hook(module, args, kwargs):
+            if iso is not None and iso.active:
+                return
+            call = state['calls'][name] = state['calls'].get(name, -1) + 1
             state['current'], state['inside'] = name, True
             if dump_inputs:
-                write_tensors(writer, name, list(args) + [kwargs[k] for k in sorted(kwargs)],
-                              'input', type(module).__name__)
+                write_tensors(writer, name, module_args(args, kwargs), 'input',
+                              type(module).__name__)
+            if iso is not None:
+                iso.run(name, module, args, kwargs, call)
         return hook
 
     def post_hook(name):
         def hook(module, args, output):
+            if iso is not None and iso.active:
+                return
             state['inside'] = False
             write_tensors(writer, name, output, 'output', type(module).__name__)
             if name not in state['seen']:
@@ -308,6 +250,7 @@ def dump_module(model, inputs, out_dir, setting='fp32', *, forward=None, dump_in
         return hook
 
     error = None
+    seconds = None
     try:
         for name, m in leaves:
             handles.append(m.register_forward_pre_hook(pre_hook(name), with_kwargs=True))
@@ -316,13 +259,11 @@ def dump_module(model, inputs, out_dir, setting='fp32', *, forward=None, dump_in
             model.to(device)
         dev_inputs = to_device(inputs, device)
         write_tensors(writer, MODEL_INPUT, dev_inputs, 'model_input')
-        autocast = (torch.autocast(device.type, dtype=s.autocast_dtype) if s.autocast_dtype
-                    else contextlib.nullcontext())
-        fallback = (fp32_fallback_for_extensions(fallback_ops) if s.autocast_dtype
-                    else contextlib.nullcontext())
         torch.manual_seed(seed)
-        with prog, torch.no_grad(), autocast, fallback:
+        t0 = time.perf_counter()
+        with prog, torch.no_grad(), setting_context(s, fallback_ops):
             output = call_model(model, dev_inputs, forward)
+        seconds = time.perf_counter() - t0
         write_tensors(writer, MODEL_OUTPUT, output, 'model_output')
     except AccuracyError:
         raise
@@ -344,22 +285,27 @@ def dump_module(model, inputs, out_dir, setting='fp32', *, forward=None, dump_in
             model.to(home)
         model.train(was_training)
         all_meta = dict(setting=asdict(s), model=type(model).__name__, torch=torch.__version__,
-                        device=_device_name(device), leaf_modules=len(leaves),
-                        inputs=_describe(inputs), seed=seed, **(meta or {}))
+                        device=device_name(device), leaf_modules=len(leaves),
+                        inputs=describe(inputs), seed=seed, forward_seconds=seconds,
+                        **(meta or {}))
         if error:
             all_meta['error'] = error
         if fallback_ops:
             all_meta['fp32_fallback_ops'] = sorted(fallback_ops)
+        if iso is not None:
+            all_meta['isolation'] = iso.meta()
         writer.close(**all_meta)
     return load_dump(out_dir)
 
 
-def _device_name(device):
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    import platform
-    return platform.processor() or platform.machine()
-
-
-__all__ = ['Setting', 'SETTINGS', 'parse_setting', 'flatten_tensors', 'dump_module',
-           'leaf_modules', 'to_numpy', 'to_device', 'call_model', 'write_tensors']
+@contextlib.contextmanager
+def setting_context(setting, fallback_ops=None):
+    """Autocast of a torch setting (nothing for float32) with the float32 fallback of
+    extension ops; ``fallback_ops`` (a set) collects the ops that fell back."""
+    s = parse_setting(setting)
+    if not s.autocast_dtype:
+        yield
+        return
+    with torch.autocast(s.device, dtype=s.autocast_dtype), \
+            fp32_fallback_for_extensions(set() if fallback_ops is None else fallback_ops):
+        yield

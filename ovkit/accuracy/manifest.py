@@ -9,7 +9,8 @@ A dump directory holds one ``.npy`` per tensor, named
 the pseudo module names ``__input__`` and ``__output__``), plus ``manifest.json`` with the
 execution order, shapes, dtypes and the setting. A directory of ``.npy`` files that follow
 the naming but has no manifest (e.g. written by another tool) is read too: order comes from
-the timestamps.
+the timestamps. Isolated outputs (a module of this setting run on the reference's recorded
+inputs, see :mod:`.dump`) are ``{module_name}.isolated.{output_index}.{timestamp}.npy``.
 """
 import json
 import os
@@ -20,13 +21,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .common import tensor_label
+
 MANIFEST = 'manifest.json'
 FORMAT = 'ovkit.accuracy.dump'
 FORMAT_VERSION = 1
 MODEL_INPUT = '__input__'
 MODEL_OUTPUT = '__output__'
-KINDS = ('model_input', 'input', 'output', 'model_output')
-_NAME_RE = re.compile(r'^(?P<name>.+?)(?P<inp>\.input)?\.(?P<index>\d+)\.(?P<ts>\d+)\.npy$')
+KINDS = ('model_input', 'input', 'output', 'isolated', 'model_output')
+_NAME_RE = re.compile(
+    r'^(?P<name>.+?)(?:\.(?P<kind>input|isolated))?\.(?P<index>\d+)\.(?P<ts>\d+)\.npy$')
 _UNSAFE = re.compile(r'[^A-Za-z0-9_.\-]')
 
 
@@ -55,9 +59,7 @@ class TensorEntry:
     @property
     def label(self):
         """Short human name: ``backbone.conv1#1[0]`` (call shown only when > 0)."""
-        call = f'#{self.call}' if self.call else ''
-        kind = '.input' if self.kind == 'input' else ''
-        return f'{self.name}{kind}{call}[{self.index}]'
+        return tensor_label(self.name, self.kind, self.call, self.index)
 
 
 @dataclass
@@ -81,8 +83,8 @@ def safe_name(name):
 
 
 def tensor_file_name(name, kind, index, timestamp):
-    if kind == 'input':
-        return f'{safe_name(name)}.input.{index}.{timestamp}.npy'
+    if kind in ('input', 'isolated'):
+        return f'{safe_name(name)}.{kind}.{index}.{timestamp}.npy'
     return f'{safe_name(name)}.{index}.{timestamp}.npy'
 
 
@@ -128,12 +130,12 @@ def prepare_out_dir(root, overwrite=False):
         os.remove(osp.join(root, MANIFEST))
 
 
-def _kind_from_name(name, is_input):
+def _kind_from_name(name, kind=None):
     if name == MODEL_INPUT:
         return 'model_input'
     if name == MODEL_OUTPUT:
         return 'model_output'
-    return 'input' if is_input else 'output'
+    return kind or 'output'
 
 
 def _entries_from_files(root, files):
@@ -142,7 +144,7 @@ def _entries_from_files(root, files):
     for f in files:
         m = _NAME_RE.match(f)
         if m:
-            parsed.append((int(m['ts']), m['name'], bool(m['inp']), int(m['index']), f))
+            parsed.append((int(m['ts']), m['name'], m['kind'], int(m['index']), f))
         else:
             odd.append(f)
     if odd and not parsed:
@@ -152,8 +154,8 @@ def _entries_from_files(root, files):
             'tools/analysis/compare_accuracy.py dump, or rename the files.')
     parsed.sort()
     calls, entries = {}, []
-    for ts, name, is_input, index, f in parsed:
-        kind = _kind_from_name(name, is_input)
+    for ts, name, kind, index, f in parsed:
+        kind = _kind_from_name(name, kind)
         call = calls.get((name, kind, index), 0)
         calls[(name, kind, index)] = call + 1
         entries.append(TensorEntry(name=name, kind=kind, index=index, call=call, file=f,
@@ -257,6 +259,10 @@ class DumpWriter:
         self._stamp = Timestamps()
         self._calls = {}
 
+    def next_call(self, name, kind='output', index=0):
+        """Call number the next :meth:`add` of this (name, kind, index) gets by default."""
+        return self._calls.get((name, kind, index), 0)
+
     def add(self, name, array, kind='output', index=0, dtype=None, path='', module_type='',
             call=None):
         """Save ``array`` (numpy) as the next tensor in execution order; returns its entry.
@@ -269,7 +275,7 @@ class DumpWriter:
         if call is None:
             call = self._calls.get((name, kind, index), 0)
         self._calls[(name, kind, index)] = call + 1
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)  # not ascontiguousarray: it turns a 0-d tensor into 1-d
         fname = tensor_file_name(name, kind, index, self._stamp())
         np.save(osp.join(self.root, fname), array, allow_pickle=False)
         entry = TensorEntry(name=name, kind=kind, index=index, call=call, file=fname,
@@ -295,7 +301,7 @@ def save_arrays(root, arrays, setting='custom', overwrite=False, **meta):
     items = arrays.items() if hasattr(arrays, 'items') else arrays
     for name, value in items:
         values = value if isinstance(value, (list, tuple)) else [value]
-        kind = _kind_from_name(name, False)
+        kind = _kind_from_name(name)
         for i, v in enumerate(values):
             writer.add(name, np.asarray(v), kind=kind, index=i)
     return writer.close(setting=dict(name=setting, backend='numpy'), **meta)

@@ -24,9 +24,27 @@ kl_divergence                    KL(softmax(a) || softmax(b)) over the flattened
                                  invariant to it); inf when b then exceeds max(a) by > 700
                                  (exp overflows; the divergence is then hundreds of nats).
                                  Sensitive mostly to the largest values, as softmax is.
+sqnr_db                          signal-to-quantisation-noise ratio 10 log10(sum a^2 / sum d^2)
+                                 in dB (higher is better). d = 0 everywhere: inf; a = 0
+                                 everywhere and d != 0: -inf. fp16 rounding of one op alone
+                                 gives ~68 dB, bf16 ~50 dB; cosine 0.99 is ~17 dB.
+error_ratio_1e-3, _5e-3          share of the elements whose relative error exceeds 1/1000
+                                 (5/1000): |d| > t |a|, over every position where a is finite;
+                                 a position where b is NaN/inf (a finite) counts as exceeding,
+                                 a == 0 exceeds iff b != 0. (Ascend's tools report the
+                                 complement, the share *within* 1 and 5 per mille.)
 mean_a, std_a, mean_b, std_b     population mean / std of each side (Chan's pairwise update,
                                  so a constant tensor gives std 0 up to rounding).
 ===============================  =============================================================
+
+Grade (:func:`grade`, the ``grade`` column; thresholds in :data:`GRADE_THRESHOLDS`):
+
+* ``error``: b has NaN/inf where a is finite, a's magnitude overflows fp16 where b is fp16, or
+  sqnr_db < 20 (about cosine 0.99: the output is visibly different);
+* ``warn``: sqnr_db < 40, or error_ratio_5e-3 > 0.5 (most elements are off by more than
+  0.5%, more than one fp16 or bf16 rounding gives; a healthy fp16 ResNet has ~10% there,
+  all near zero, where a small absolute error is a large relative one);
+* ``pass`` otherwise; ``n/a`` when the pair was not compared (see its ``reason``).
 
 Zeros, NaN and inf:
 
@@ -46,21 +64,16 @@ Extra metrics plug in with :func:`register_metric`: one function ``fn(a, b) -> f
 receives the compared elements of both sides as float64 1-D arrays (so it needs memory for
 them; the built-ins do not).
 """
-import contextlib
-import ctypes
 import math
-import mmap
-import os
-import resource
 from dataclasses import dataclass
 
 import numpy as np
 
-from .manifest import AccuracyError, open_npy
+from .common import finite
+from .manifest import AccuracyError
+from .resources import DEFAULT_CHUNK, PageReleaser, flat_view, single_thread_blas
 
 FP16_MAX = 65504.0
-DEFAULT_CHUNK = 1 << 16  # 64 Ki elements: six scratch buffers, ~3 MiB, stay in cache
-_RELEASE_BYTES = 8 << 20  # give mapped pages back every 8 MiB read
 
 # name -> (higher_is_better, one-line description)
 BUILTIN_METRICS = {
@@ -73,7 +86,13 @@ BUILTIN_METRICS = {
     'mean_relative_error': (False, 'mean |a-b|/|a| (a != 0)'),
     'accumulated_relative_error': (False, 'sum |a-b|/|a| (a != 0)'),
     'kl_divergence': (False, 'KL(softmax(a) || softmax(b))'),
+    'sqnr_db': (True, '10 log10(sum a^2 / sum (a-b)^2)'),
+    'error_ratio_1e-3': (False, 'share of |a-b| > |a| / 1000'),
+    'error_ratio_5e-3': (False, 'share of |a-b| > 5 |a| / 1000'),
 }
+GRADE_THRESHOLDS = dict(error_sqnr_db=20.0, warn_sqnr_db=40.0, warn_error_ratio_5e_3=0.5)
+GRADES = ('pass', 'warn', 'error', 'n/a')
+_RATIO_T = (1e-3, 5e-3)
 STAT_COLUMNS = ('mean_a', 'std_a', 'mean_b', 'std_b')
 COUNT_COLUMNS = ('numel', 'compared', 'nan_a', 'inf_a', 'nan_b', 'inf_b', 'nonfinite_new_b',
                  'absmax_a', 'absmax_b')
@@ -84,18 +103,21 @@ class MetricSpec:
     name: str
     fn: object
     higher_is_better: bool
-    description: str = ''
 
 
 EXTRA_METRICS = {}
 
 
-def register_metric(name, higher_is_better=False, description=''):
+def register_metric(name, higher_is_better=False):
     """Decorator: register ``fn(a, b) -> float`` as an extra metric (a column in every report).
 
     ``a`` and ``b`` are float64 1-D arrays of the compared elements (finite on both sides).
     Comparisons run in forked workers, so register before calling :func:`compare_dumps` (or
     name the module with ``--metric-plugin``).
+
+    Args:
+        name: column name; must not be a built-in one.
+        higher_is_better: direction, for the advisor and the sorting of reports.
     """
     def wrap(fn):
         if name in BUILTIN_METRICS or name in STAT_COLUMNS or name in COUNT_COLUMNS:
@@ -103,7 +125,7 @@ def register_metric(name, higher_is_better=False, description=''):
         if name in EXTRA_METRICS and EXTRA_METRICS[name].fn is not fn:
             raise ValueError(f'metric {name!r} is already registered by '
                              f'{EXTRA_METRICS[name].fn.__module__}; choose another name')
-        EXTRA_METRICS[name] = MetricSpec(name, fn, higher_is_better, description)
+        EXTRA_METRICS[name] = MetricSpec(name, fn, higher_is_better)
         return fn
     return wrap
 
@@ -155,6 +177,7 @@ class _Accumulator:
         self.s_rel = self.max_rel = 0.0
         self.mean_a = self.m2_a = self.mean_b = self.m2_b = 0.0
         self.absmax_a = self.absmax_b = 0.0
+        self.n_exceed = [0, 0]  # elements with |d| > t |a|, t in _RATIO_T
         self.kl_m = -math.inf  # running max of a
         self.kl_w = self.kl_e = self.kl_g = 0.0
         self.kl_overflow = False
@@ -162,6 +185,7 @@ class _Accumulator:
         self.w32 = np.empty(chunk, np.float32)
         self.u = np.empty(chunk, np.float64)
         self.v = np.empty(chunk, np.float64)
+        self.mask = np.empty(chunk, np.bool_)
 
     def update(self, A, B, D, T):
         """A, B: float64 chunk (overwritten only in D/T); D, T: scratch of the same size."""
@@ -197,6 +221,11 @@ class _Accumulator:
         # left out of the count, so they are skipped (relative errors are >= 0).
         np.abs(A, out=T)
         self.absmax_a = max(self.absmax_a, float(T.max()))
+        V, M = self.v[:k], self.mask[:k]
+        for i, t in enumerate(_RATIO_T):  # |d| > t |a|: no division, a == 0 handled
+            np.multiply(T, t, out=V)
+            np.greater(U, V, out=M)
+            self.n_exceed[i] += int(np.count_nonzero(M))
         nz = int(np.count_nonzero(T))
         if nz:
             if nz < k:
@@ -301,10 +330,15 @@ class _Accumulator:
         n = self.n
         out = dict(numel=self.numel, compared=n, nan_a=self.nan_a, inf_a=self.inf_a,
                    nan_b=self.nan_b, inf_b=self.inf_b, nonfinite_new_b=self.new_nf_b)
+        finite_a = self.numel - self.nan_a - self.inf_a
+        for t, count in zip(('1e-3', '5e-3'), self.n_exceed):
+            out[f'error_ratio_{t}'] = ((count + self.new_nf_b) / finite_a if finite_a
+                                       else math.nan)
         out.update(absmax_a=self.absmax_a if self.numel > self.nan_a + self.inf_a else math.nan,
                    absmax_b=self.absmax_b if self.numel > self.nan_b + self.inf_b else math.nan)
         if n == 0:
-            out.update({m: math.nan for m in list(BUILTIN_METRICS) + list(STAT_COLUMNS)})
+            out.update({m: math.nan for m in list(BUILTIN_METRICS) + list(STAT_COLUMNS)
+                        if m not in out})
             return out
         na, nb = math.sqrt(self.s_aa), math.sqrt(self.s_bb)
         if na == 0 and nb == 0:
@@ -330,101 +364,39 @@ class _Accumulator:
             max_absolute_error=self.max_absd, mean_absolute_error=self.s_absd / n,
             root_mean_square_error=math.sqrt(self.s_dd / n), max_relative_error=max_rel,
             mean_relative_error=mean_rel, accumulated_relative_error=acc_rel,
-            kl_divergence=self.kl_divergence(), mean_a=self.mean_a,
+            kl_divergence=self.kl_divergence(), sqnr_db=_sqnr_db(self.s_aa, self.s_dd),
+            mean_a=self.mean_a,
             std_a=math.sqrt(max(self.m2_a, 0.0) / n), mean_b=self.mean_b,
             std_b=math.sqrt(max(self.m2_b, 0.0) / n))
         return out
 
 
-def _flat(x):
-    """1-D view in logical (C) order; copies only a non-C-contiguous array (rare: Fortran npy)."""
-    x = np.asarray(x) if not isinstance(x, np.ndarray) else x
-    if x.ndim == 1:
-        return x
-    if x.flags.c_contiguous:
-        return x.reshape(-1)
-    return np.ascontiguousarray(x).reshape(-1)
+def _sqnr_db(s_aa, s_dd):
+    if s_dd == 0:
+        return math.inf
+    if s_aa == 0:
+        return -math.inf
+    return 10.0 * math.log10(s_aa / s_dd)
 
 
-class _PageReleaser:
-    """Drop already-read pages of a memory map, so resident memory stays at a few chunks.
+def grade(row, thresholds=None):
+    """``pass`` / ``warn`` / ``error`` / ``n/a`` of a comparison row (see module docstring).
 
-    The page cache keeps them; only this process' mapping lets go (MADV_DONTNEED on a
-    read-only file mapping discards nothing).
+    Args:
+        row: dict with sqnr_db, error_ratio_5e-3, nonfinite_new_b and overflow.
+        thresholds: overrides of :data:`GRADE_THRESHOLDS`.
     """
-
-    def __init__(self, arr):
-        self.mm = getattr(arr, '_mmap', None)
-        self.base = 0
-        if self.mm is not None:
-            # np.memmap maps from an allocation-granularity-aligned offset before the data
-            self.base = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
-        self.itemsize = arr.itemsize
-        self.done = 0
-
-    def release(self, elements_read, final=False):
-        if self.mm is None or not hasattr(self.mm, 'madvise'):
-            return
-        end = self.base + elements_read * self.itemsize
-        end -= end % mmap.PAGESIZE
-        if end - self.done >= _RELEASE_BYTES or (final and end > self.done):
-            try:
-                self.mm.madvise(mmap.MADV_DONTNEED, self.done, end - self.done)
-            except (OSError, ValueError, AttributeError):
-                self.mm = None
-                return
-            self.done = end
-
-
-_BLAS = None
-
-
-def _openblas_controls():
-    """(get, set) of every OpenBLAS numpy has loaded (found in /proc/self/maps); [] elsewhere."""
-    global _BLAS
-    if _BLAS is not None:
-        return _BLAS
-    _BLAS = []
-    try:
-        with open('/proc/self/maps') as f:
-            paths = {ln.split()[5] for ln in f if len(ln.split()) >= 6}
-    except OSError:
-        return _BLAS
-    for path in sorted(p for p in paths if 'openblas' in os.path.basename(p).lower()):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ('scipy_openblas', 'openblas'):
-            for suffix in ('64_', ''):
-                get = getattr(lib, f'{prefix}_get_num_threads{suffix}', None)
-                put = getattr(lib, f'{prefix}_set_num_threads{suffix}', None)
-                if get is not None and put is not None:
-                    _BLAS.append((get, put))
-                    break
-            else:
-                continue
-            break
-    return _BLAS
-
-
-@contextlib.contextmanager
-def single_thread_blas():
-    """Run BLAS on one thread inside the kernel.
-
-    Our dot products are on cache-sized chunks; OpenBLAS would fork them to its threads,
-    which then spin and steal the core from the next numpy call (measured: up to 20x slower
-    on 2 busy cores). Parallelism comes from comparing pairs in separate processes instead.
-    """
-    controls = _openblas_controls()
-    old = [get() for get, _ in controls]
-    for _, put in controls:
-        put(1)
-    try:
-        yield
-    finally:
-        for (_, put), n in zip(controls, old):
-            put(n)
+    th = dict(GRADE_THRESHOLDS, **(thresholds or {}))
+    if (row.get('nonfinite_new_b') or 0) > 0 or row.get('overflow'):
+        return 'error'
+    sqnr, ratio = row.get('sqnr_db'), row.get('error_ratio_5e-3')
+    if not isinstance(sqnr, (int, float)) or isinstance(sqnr, bool) or math.isnan(sqnr):
+        return 'n/a'
+    if sqnr < th['error_sqnr_db']:
+        return 'error'
+    if sqnr < th['warn_sqnr_db'] or (finite(ratio) and ratio > th['warn_error_ratio_5e_3']):
+        return 'warn'
+    return 'pass'
 
 
 def stream_metrics(a, b, chunk=DEFAULT_CHUNK):
@@ -434,14 +406,14 @@ def stream_metrics(a, b, chunk=DEFAULT_CHUNK):
 
 
 def _stream_metrics(a, b, chunk):
-    af, bf = _flat(a), _flat(b)
+    af, bf = flat_view(a), flat_view(b)
     if af.size != bf.size:
         raise ValueError(f'sizes differ: {af.size} vs {bf.size}')
     n = af.size
     c = max(1, min(int(chunk), n))
     acc = _Accumulator(c)
     bufs = [np.empty(c, np.float64) for _ in range(4)]
-    rel_a, rel_b = _PageReleaser(af), _PageReleaser(bf)
+    rel_a, rel_b = PageReleaser(af), PageReleaser(bf)
     for s in range(0, n, c):
         e = min(s + c, n)
         A, B, D, T = (buf[:e - s] for buf in bufs)
@@ -455,6 +427,7 @@ def _stream_metrics(a, b, chunk):
     return acc.result()
 
 
+
 def finite_pairs(a, b):
     """float64 1-D arrays of the positions finite on both sides (for extra metrics)."""
     A = np.asarray(a, dtype=np.float64).reshape(-1)
@@ -463,196 +436,3 @@ def finite_pairs(a, b):
     if both.all():
         return A, B
     return A[both], B[both]
-
-
-def _numeric_kind(dtype):
-    return dtype.kind in 'biuf'
-
-
-_RSS_AT_START = None
-
-
-def _status_kb(field):
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_peak_rss():
-    """Restart the peak-RSS counter (VmHWM) at the current RSS (Linux >= 4.0), so a worker
-    measures what comparing costs, not what its parent held when it forked."""
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
-
-
-def compare_pair(task):
-    """Worker: compare two .npy files; never raises, problems become ``reason``.
-
-    ``task``: dict(file_a, file_b, chunk, extra (names of extra metrics), trace_memory).
-    Returns the metric dict plus shape_a/shape_b, saved dtypes, ``reason`` (list of str),
-    ``peak_rss_kb`` of the worker and, with ``trace_memory`` (Linux), ``rss_growth_kb``: peak
-    resident memory of this process above its level at its first pair (for the benchmark).
-    """
-    global _RSS_AT_START
-    trace = task.get('trace_memory', False)
-    if trace and _RSS_AT_START is None:  # first pair in this process
-        _RSS_AT_START = _status_kb('VmRSS') if _reset_peak_rss() else -1
-    reasons = []
-    out = dict(shape_a=None, shape_b=None, saved_dtype_a='', saved_dtype_b='')
-    arrs = {}
-    for side in ('a', 'b'):
-        path = task.get(f'file_{side}')
-        if path is None:
-            continue
-        try:
-            arr = open_npy(path)
-        except AccuracyError as e:
-            reasons.append(str(e))
-            continue
-        out[f'shape_{side}'] = list(arr.shape)
-        out[f'saved_dtype_{side}'] = str(arr.dtype)
-        if not _numeric_kind(arr.dtype):
-            reasons.append(f'{path}: dtype {arr.dtype} is not a real number type; not compared')
-            continue
-        arrs[side] = arr
-    if len(arrs) == 2:
-        a, b = arrs['a'], arrs['b']
-        if a.shape != b.shape:
-            reasons.append(f'shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}: not compared')
-        elif a.size == 0:
-            reasons.append('empty tensor (0 elements): nothing to compare')
-        else:
-            if a.dtype.kind != b.dtype.kind:
-                reasons.append(f'dtype kinds differ ({a.dtype} vs {b.dtype}); compared as float64')
-            out.update(stream_metrics(a, b, task.get('chunk', DEFAULT_CHUNK)))
-            for name in task.get('extra', ()):
-                spec = EXTRA_METRICS.get(name)
-                if spec is None:
-                    reasons.append(f'extra metric {name!r} is not registered in the worker; '
-                                   'pass its module with --metric-plugin')
-                    out[name] = math.nan
-                    continue
-                A, B = finite_pairs(a, b)
-                try:
-                    out[name] = float(spec.fn(A, B)) if A.size else math.nan
-                except Exception as e:  # a plug-in's bug must not kill the report
-                    out[name] = math.nan
-                    reasons.append(f'metric {name} failed: {type(e).__name__}: {e}')
-                del A, B
-        del a, b
-    arrs.clear()
-    out['reason'] = reasons
-    out['peak_rss_kb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if trace and _RSS_AT_START >= 0:
-        out['rss_growth_kb'] = max(0, _status_kb('VmHWM') - _RSS_AT_START)
-    return out
-
-
-# ----------------------------------------------------------------------------- one tensor
-def _errors(A, B, by, T):
-    """Per-element error of a float64 chunk: abs or rel (rel: NaN where a == 0 -> skipped)."""
-    np.subtract(A, B, out=T)
-    np.abs(T, out=T)
-    if by == 'rel':
-        with np.errstate(divide='ignore', invalid='ignore'):
-            denom = np.abs(A)
-            np.divide(T, denom, out=T)
-            T[denom == 0] = np.nan
-    fin = np.isfinite(A) & np.isfinite(B)
-    if not fin.all():
-        # a position that is NaN/inf on one side only (or inf vs -inf) is the worst error
-        same = (A == B) | (np.isnan(A) & np.isnan(B))
-        T[~fin] = np.where(same[~fin], 0.0, np.inf)
-    return T
-
-
-def top_errors(a, b, n=20, by='abs', chunk=DEFAULT_CHUNK):
-    """The ``n`` positions with the largest error, streaming; list of dicts, worst first.
-
-    ``by='abs'``: |a-b|; ``by='rel'``: |a-b|/|a| (positions with a == 0 are skipped, as in the
-    metrics). A position finite on one side only ranks first (error inf).
-    """
-    if by not in ('abs', 'rel'):
-        raise AccuracyError(f'--error-by must be abs or rel, not {by!r}')
-    af, bf = _flat(a), _flat(b)
-    shape = a.shape
-    best_err = np.empty(0)
-    best_idx = np.empty(0, np.int64)
-    c = max(1, min(chunk, af.size))
-    T = np.empty(c)
-    for s in range(0, af.size, c):
-        e = min(s + c, af.size)
-        A = af[s:e].astype(np.float64)
-        B = bf[s:e].astype(np.float64)
-        err = _errors(A, B, by, T[:e - s])
-        valid = np.flatnonzero(~np.isnan(err))
-        if valid.size > n:
-            valid = valid[np.argpartition(err[valid], -n)[-n:]]
-        best_err = np.concatenate([best_err, err[valid]])
-        best_idx = np.concatenate([best_idx, valid + s])
-        if best_err.size > n:
-            keep = np.argpartition(best_err, -n)[-n:]
-            best_err, best_idx = best_err[keep], best_idx[keep]
-    order = np.lexsort((best_idx, -best_err))
-    rows = []
-    for i in order:
-        flat = int(best_idx[i])
-        va, vb = float(af[flat]), float(bf[flat])
-        index = tuple(int(x) for x in np.unravel_index(flat, shape)) if shape else ()
-        rows.append(dict(rank=len(rows) + 1, flat_index=flat, index=index,
-                         a=va, b=vb, abs_error=abs(va - vb) if math.isfinite(va - vb) else math.inf,
-                         rel_error=(abs(va - vb) / abs(va)) if va != 0 and math.isfinite(va - vb)
-                         else (math.nan if va == 0 else math.inf), error=float(best_err[i])))
-    return rows
-
-
-def error_histogram(a, b, by='abs', bins=200, chunk=DEFAULT_CHUNK):
-    """Streaming histogram of per-element errors on log-spaced bins (two passes).
-
-    Returns dict(edges, counts, zeros, nonfinite, total, max): ``zeros`` counts exact matches,
-    ``nonfinite`` positions finite on one side only; a CDF plot needs nothing else.
-    """
-    af, bf = _flat(a), _flat(b)
-    c = max(1, min(chunk, af.size))
-    T = np.empty(c)
-    lo, hi, zeros, nonfinite, total = math.inf, 0.0, 0, 0, 0
-
-    def chunks():
-        for s in range(0, af.size, c):
-            e = min(s + c, af.size)
-            err = _errors(af[s:e].astype(np.float64), bf[s:e].astype(np.float64), by,
-                          T[:e - s])
-            yield err[~np.isnan(err)]
-
-    for err in chunks():
-        total += err.size
-        pos = err[(err > 0) & np.isfinite(err)]
-        zeros += int(np.count_nonzero(err == 0))
-        nonfinite += int(np.count_nonzero(np.isinf(err)))
-        if pos.size:
-            lo, hi = min(lo, float(pos.min())), max(hi, float(pos.max()))
-    if not math.isfinite(lo):
-        return dict(edges=np.array([]), counts=np.array([], np.int64), zeros=zeros,
-                    nonfinite=nonfinite, total=total, max=hi)
-    lo = max(lo, hi * 1e-15)
-    llo, lhi = math.log10(lo), math.log10(hi)
-    if lhi - llo < 1e-9:
-        lhi = llo + 1e-9
-    edges = np.logspace(llo, lhi, bins + 1)
-    counts = np.zeros(bins, np.int64)
-    for err in chunks():
-        pos = err[(err > 0) & np.isfinite(err)]
-        if pos.size:
-            idx = np.floor((np.log10(pos) - llo) / (lhi - llo) * bins).astype(np.int64)
-            counts += np.bincount(np.clip(idx, 0, bins - 1), minlength=bins)
-    return dict(edges=edges, counts=counts, zeros=zeros, nonfinite=nonfinite, total=total,
-                max=hi)

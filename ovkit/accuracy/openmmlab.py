@@ -12,6 +12,7 @@ only in the forward pass; ``data_preprocessor`` is not hooked. ``mode``:
   detectors whose heads use custom ops (the default with the onnx setting). Dump the
   reference with the same ``--mode``; the comparison warns when the modes differ.
 """
+import contextlib
 import importlib
 import os.path as osp
 import random
@@ -19,7 +20,8 @@ import random
 import numpy as np
 import torch
 
-from .dump import dump_module, to_device
+from .capture import parse_setting, to_device
+from .dump import dump_module
 from .manifest import AccuracyError
 
 IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -31,19 +33,35 @@ _DROP_TRANSFORMS = ('LoadAnnotations', 'LoadPanopticAnnotations', 'LoadTrackAnno
 
 
 def load_config(config, cfg_options=None):
+    """A config from a file, or from an installed toolbox as ``mmaction::path/in/configs.py``.
+
+    Args:
+        config: file path, or ``package::relative/config.py`` (mmdet, mmaction, mmpretrain).
+        cfg_options: dict of overrides (``--cfg-options``).
+    """
     from mmengine.config import Config
-    if not osp.isfile(config):
+    if osp.isfile(config):
+        cfg = Config.fromfile(config)
+    elif '::' in config:
+        from mmengine.hub import get_config
+        try:
+            cfg = get_config(config, pretrained=False)
+        except Exception as e:
+            raise AccuracyError(f'config {config}: not found in the installed package '
+                                f'({type(e).__name__}: {e}); check the name against the '
+                                "package's configs/ folder, e.g. "
+                                'mmpretrain::resnet/resnet18_8xb32_in1k.py') from e
+    else:
         raise AccuracyError(f'config {config} not found; pass a config file such as '
-                            'configs/shapes/faster_rcnn_tiny.py')
-    cfg = Config.fromfile(config)
+                            'configs/shapes/faster_rcnn_tiny.py, or a packaged one such as '
+                            'mmpretrain::resnet/resnet18_8xb32_in1k.py')
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
 
 
 def init_scope(cfg):
-    """Import ``custom_imports``, register the host toolbox and make it the default scope."""
-    from mmengine.registry import init_default_scope
+    """Import ``custom_imports`` and register the host toolbox; returns its scope name."""
     from mmengine.utils import import_modules_from_strings
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg['custom_imports'])
@@ -53,8 +71,20 @@ def init_scope(cfg):
             importlib.import_module(f'{scope}.utils').register_all_modules(False)
         except (ImportError, AttributeError):
             pass
-        init_default_scope(scope)
     return scope
+
+
+@contextlib.contextmanager
+def host_scope(cfg):
+    """The config's ``default_scope`` for the duration of the block only.
+
+    mmdet, mmaction2 and mmpretrain share type names (``ResNet``, ``PackInputs``...); a
+    process-wide default scope would leak from one config to the next (tests, notebooks).
+    """
+    from mmengine.registry import DefaultScope
+    scope = init_scope(cfg)
+    with DefaultScope.overwrite_default_scope(scope):
+        yield scope
 
 
 def build_model(config, checkpoint=None, cfg_options=None, seed=0):
@@ -65,18 +95,18 @@ def build_model(config, checkpoint=None, cfg_options=None, seed=0):
     build the same model.
     """
     cfg = load_config(config, cfg_options) if isinstance(config, str) else config
-    scope = init_scope(cfg)
-    registry = (importlib.import_module(f'{scope}.registry').MODELS if scope else None)
-    if registry is None:
-        from mmengine.registry import MODELS as registry
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-    try:
-        model = registry.build(cfg.model)
-    except Exception as e:
-        raise AccuracyError(f'building the model of {getattr(cfg, "filename", config)} failed: '
-                            f'{type(e).__name__}: {e}') from e
+    with host_scope(cfg) as scope:
+        registry = (importlib.import_module(f'{scope}.registry').MODELS if scope else None)
+        if registry is None:
+            from mmengine.registry import MODELS as registry
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        try:
+            model = registry.build(cfg.model)
+        except Exception as e:
+            raise AccuracyError(f'building the model of {getattr(cfg, "filename", config)} '
+                                f'failed: {type(e).__name__}: {e}') from e
     if checkpoint and checkpoint.lower() != 'none':
         if not osp.isfile(checkpoint):
             raise AccuracyError(f'checkpoint {checkpoint} not found; pass a .pth written by '
@@ -149,9 +179,10 @@ def prepare_inputs(model, cfg, input_file):
                             f'{IMAGE_EXT}, videos {VIDEO_EXT}, tensors {TENSOR_EXT}')
     from mmengine.dataset import Compose, pseudo_collate
     steps = [t for t in _test_pipeline(cfg)
-             if not str(t.get('type', '')).split('.')[-1] in _DROP_TRANSFORMS]
+             if str(t.get('type', '')).split('.')[-1] not in _DROP_TRANSFORMS]
     try:
-        pipeline = Compose(steps)
+        with host_scope(cfg):
+            pipeline = Compose(steps)
         path = osp.abspath(input_file)
         data = pipeline(dict(img_path=path, filename=path, img_id=0, label=-1, start_index=0,
                              modality='RGB'))
@@ -190,13 +221,11 @@ def dump_config(config, checkpoint, input_file, out_dir, setting='fp32', mode=No
     ``prepared`` (inputs, samples, info) reuses one preprocessing across settings. Other keyword
     arguments go to :func:`~.dump.dump_module`.
     """
-    from .dump import parse_setting
     s = parse_setting(setting)
     if model is None:
         model, cfg = build_model(config, checkpoint, cfg_options, seed)
     else:
         cfg = load_config(config, cfg_options) if isinstance(config, str) else config
-        init_scope(cfg)
     if mode is None:
         mode = default_mode(model, [s])
     if s.backend == 'onnxruntime' and mode == 'predict':
@@ -205,5 +234,6 @@ def dump_config(config, checkpoint, input_file, out_dir, setting='fp32', mode=No
     inputs, samples, info = prepared or prepare_inputs(model, cfg, input_file)
     meta = dict(config=getattr(cfg, 'filename', str(config)), checkpoint=checkpoint,
                 input=info, mode=mode)
-    return dump_module(model, inputs, out_dir, s, forward=make_forward(samples, mode),
-                       skip=('data_preprocessor',), seed=seed, meta=meta, **kwargs)
+    with host_scope(cfg):
+        return dump_module(model, inputs, out_dir, s, forward=make_forward(samples, mode),
+                           skip=('data_preprocessor',), seed=seed, meta=meta, **kwargs)

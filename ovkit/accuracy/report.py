@@ -8,14 +8,18 @@ import math
 import os
 import os.path as osp
 
-from .manifest import AccuracyError, open_npy, safe_name
-from .metrics import higher_is_better, top_errors, error_histogram
+from .common import finite as _finite
+from .common import row_label as _label
+from .compare import worst_rows
+from .elements import tensor_detail
+from .manifest import AccuracyError, safe_name
+from .metrics import higher_is_better
 
-_TABLE_METRICS = ('cosine_similarity', 'relative_euclidean_distance', 'max_absolute_error',
-                  'max_relative_error', 'kl_divergence')
+_TABLE_METRICS = ('cosine_similarity', 'sqnr_db', 'relative_euclidean_distance',
+                  'max_absolute_error', 'max_relative_error')
 
 
-_SHORT = {'cosine_similarity': 'cos', 'relative_euclidean_distance': 'rel euc',
+_SHORT = {'cosine_similarity': 'cos', 'relative_euclidean_distance': 'rel euc', 'sqnr_db': 'sqnr',
           'max_absolute_error': 'max abs', 'max_relative_error': 'max rel',
           'kl_divergence': 'kl', 'mean_absolute_error': 'mean abs',
           'root_mean_square_error': 'rmse', 'mean_relative_error': 'mean rel',
@@ -44,10 +48,6 @@ def _fmt(v):
     return str(v)
 
 
-def _finite(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def write_csv(result, path):
     """One row per tensor, columns in ``result.columns`` (shapes as ``2x3x4``)."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
@@ -67,14 +67,6 @@ def is_bad(value, metric, threshold):
     return value < threshold if higher_is_better(metric) else value > threshold
 
 
-def worst_rows(result, metric='cosine_similarity', top=20):
-    """Compared rows sorted worst first by ``metric``."""
-    rows = [r for r in result.rows if _finite(r.get(metric))]
-    hib = higher_is_better(metric)
-    rows.sort(key=lambda r: (r[metric] if hib else -r[metric], r['op_index'] or 0))
-    return rows[:top]
-
-
 def print_table(result, metric='cosine_similarity', top=20, threshold=None, console=None):
     """The ``top`` worst tensors by ``metric`` as a rich table, then rows not compared."""
     from rich.console import Console
@@ -92,14 +84,20 @@ def print_table(result, metric='cosine_similarity', top=20, threshold=None, cons
     cols = [metric] + [m for m in _TABLE_METRICS if m != metric][:n_extra]
     for c in cols:
         table.add_column(_SHORT.get(c, c), justify='right', no_wrap=True)
+    table.add_column('grade', no_wrap=True)
+    own = result.isolated
+    if own:
+        table.add_column(f'own {_SHORT.get(metric, metric)}', justify='right', no_wrap=True)
     table.add_column('reason', overflow='fold')
     for r in rows:
         bad = threshold is not None and is_bad(r[metric], metric, threshold)
         style = 'red' if bad or r.get('overflow') else None
         reason = ('OVERFLOW ' if r.get('overflow') else '') + (r.get('reason') or '')
+        extra = [_short_value(metric, r.get('isolated_' + metric, math.nan))] if own else []
         table.add_row(str(r['op_index'] if r['op_index'] is not None else '-'), _label(r),
                       _fmt_shape(r.get('shape_a')),
-                      *[_short_value(c, r.get(c, math.nan)) for c in cols], reason, style=style)
+                      *[_short_value(c, r.get(c, math.nan)) for c in cols], r.get('grade', ''),
+                      *extra, reason, style=style)
     console.print(table)
     skipped = [r for r in result.rows if not _finite(r.get(metric))]
     if skipped:
@@ -108,12 +106,6 @@ def print_table(result, metric='cosine_similarity', top=20, threshold=None, cons
             console.print(f'  op {r["op_index"] if r["op_index"] is not None else "-"} '
                           f'{_label(r)}: {r.get("reason")}')
     return rows
-
-
-def _label(r):
-    call = f'#{r["call"]}' if r.get('call') else ''
-    kind = '.input' if r.get('kind') == 'input' else ''
-    return f'{r["name"]}{kind}{call}[{r["index"]}]'
 
 
 def _pyplot():
@@ -193,18 +185,6 @@ def find_row(result, tensor):
                          '; use an op index or a name from the CSV'))
 
 
-def tensor_detail(row, top_n=20, by='abs', bins=200):
-    """Top-``top_n`` elements by error and (``bins`` > 0) the error histogram of one row."""
-    if not (row.get('file_a') and row.get('file_b')):
-        raise AccuracyError(f'{_label(row)} exists on one side only; pick a compared tensor')
-    a, b = open_npy(row['file_a']), open_npy(row['file_b'])
-    if a.shape != b.shape:
-        raise AccuracyError(f'{_label(row)}: shapes {a.shape} vs {b.shape} differ; element-'
-                            'wise errors need equal shapes')
-    return dict(row=row, by=by, top=top_errors(a, b, top_n, by),
-                hist=error_histogram(a, b, by, bins) if bins else None)
-
-
 def write_tensor_detail(detail, out_dir, setting_a='A', setting_b='B', plot=True):
     """``tensor_{label}.top{N}_{by}.csv`` and (``plot``) ``tensor_{label}.cdf_{by}.png`` in
     ``out_dir``; returns both paths (None for a skipped plot)."""
@@ -267,15 +247,42 @@ def print_tensor_detail(detail, console=None):
 
 def write_report(result, out_dir, metric='cosine_similarity', threshold=None,
                  input_threshold=None, fp16_max=None, tensor=None, top_n=20, by='abs',
-                 table_top=20, plots=True, console=None, quiet=False):
-    """Everything a user acts on, in ``out_dir``: ``compare.csv``, ``scatter_{metric}.png``,
-    ``advice.json``, and for one tensor (``tensor``, default: the problem node the advisor
-    found, else the worst tensor) its top-N elements CSV and cumulative error plot.
+                 table_top=20, plots=True, console=None, quiet=False, html=True, html_cdfs=10,
+                 extra_findings=()):
+    """Everything a user acts on, in ``out_dir``: ``compare.csv``, ``report.html``,
+    ``scatter_{metric}.png``, ``advice.json``, and for one tensor its top-N elements CSV and
+    cumulative error plot.
 
-    Returns dict(csv, scatter, advice_json, tensor_csv, tensor_cdf, advice).
+    Args:
+        result: the :class:`~ovkit.accuracy.compare.CompareResult`.
+        out_dir: report directory.
+        metric: metric of the table, the plots and the advisor.
+        threshold: good/bad split on ``metric`` (default: the advisor's).
+        input_threshold: cosine below which the model inputs are inconsistent.
+        fp16_max: magnitude treated as fp16 overflow.
+        tensor: op index or name of the tensor to detail (default: the problem node the
+            advisor found, else the worst tensor).
+        top_n: elements listed for that tensor.
+        by: ``abs`` or ``rel`` error for the element ranking and the CDFs.
+        table_top: rows of the terminal table.
+        plots: write the PNG plots.
+        console: a rich console (default: a new one).
+        quiet: print nothing.
+        html: write ``report.html`` (:mod:`.html`).
+        html_cdfs: worst tensors whose error CDF the HTML page embeds.
+        extra_findings: findings appended to the advice (e.g. the fp32 fix).
+
+    Returns:
+        dict(csv, html, scatter, advice_json, tensor_csv, tensor_cdf, advice).
     """
-    from .advisor import (DEFAULT_INPUT_THRESHOLD, DEFAULT_THRESHOLD, advise, print_advice,
-                          problem_row, save_advice)
+    from .advisor import (
+        DEFAULT_INPUT_THRESHOLD,
+        DEFAULT_THRESHOLD,
+        advise,
+        print_advice,
+        problem_row,
+        save_advice,
+    )
     from .metrics import FP16_MAX
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     input_threshold = DEFAULT_INPUT_THRESHOLD if input_threshold is None else input_threshold
@@ -287,6 +294,7 @@ def write_report(result, out_dir, metric='cosine_similarity', threshold=None,
         console = Console(quiet=quiet)
     paths = dict(csv=write_csv(result, osp.join(out_dir, 'compare.csv')))
     advice = advise(result, metric, threshold, input_threshold, fp16_max)
+    advice['findings'].extend(extra_findings)
     paths['advice_json'] = save_advice(advice, osp.join(out_dir, 'advice.json'))
     print_table(result, metric, table_top, threshold, console)
     print_advice(advice, console)
@@ -294,7 +302,11 @@ def write_report(result, out_dir, metric='cosine_similarity', threshold=None,
     if row is None:
         worst = worst_rows(result, metric, 1)
         row = worst[0] if worst else None
-    paths['scatter'] = paths['tensor_csv'] = paths['tensor_cdf'] = None
+    paths['html'] = paths['scatter'] = paths['tensor_csv'] = paths['tensor_cdf'] = None
+    if html:
+        from .html import write_html
+        paths['html'] = write_html(result, osp.join(out_dir, 'report.html'), advice, metric,
+                                   threshold, html_cdfs, by)
     if plots:
         paths['scatter'] = plot_scatter(result, osp.join(out_dir, f'scatter_{metric}.png'),
                                         metric, threshold, problem_row(result, advice))

@@ -1,4 +1,4 @@
-"""The compare_accuracy.py command line (in process; the script itself runs in tests/accuracy/test_e2e.py):
+"""The compare_accuracy.py command line in process (the script itself runs in test_e2e.py):
 compare and its report files, options, bad input messages."""
 import csv
 import json
@@ -81,3 +81,26 @@ def test_bad_input_messages(dumps, capsys, args, message):
     assert main(args + ['--no-progress']) == 1
     err = capsys.readouterr().err
     assert err.startswith('error:') and message in err
+
+
+def test_compare_shows_isolated_and_propagated(tmp_path, capsys):
+    import torch
+
+    from ovkit.accuracy.dump import dump_module
+
+    from .test_attribution import chain
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))
+    ref = dump_module(chain(), x, str(tmp_path / 'fp32'), 'fp32', dump_inputs=True)
+    dump_module(chain(), x, str(tmp_path / 'bf16'), 'bf16', isolate_from=ref)
+    out = tmp_path / 'report'
+    assert main(['compare', ref.root, str(tmp_path / 'bf16'), '--out', str(out),
+                 '--no-progress', '--no-plots', '--html-cdfs', '2']) == 0
+    with open(out / 'compare.csv') as f:
+        rows = list(csv.DictReader(f))
+    fc1 = next(r for r in rows if r['name'] == 'fc1')
+    assert float(fc1['isolated_sqnr_db']) > float(fc1['sqnr_db'])  # own < propagated error
+    assert fc1['grade'] in ('pass', 'warn') and fc1['isolated_grade'] == 'pass'
+    assert not any(r['kind'] in ('input', 'isolated') for r in rows)
+    printed = capsys.readouterr().out
+    assert 'own cos' in printed and 'error_sources' in printed
+    assert (out / 'report.html').exists()

@@ -1,8 +1,10 @@
 """End to end on the shipped tiny detector (configs/shapes/faster_rcnn_tiny.py), random init.
 
-The CLI ``run`` in a subprocess (fp32 vs bf16 and fp16: CSV, both PNGs, advice), a dump in
-this process compared with the subprocess' one (seeded weights and the dump order are
-reproducible across processes), and fp32 vs ONNX Runtime on the exported backbone + neck.
+The CLI ``run --isolate`` in a subprocess (fp32 vs bf16 and fp16: CSV, HTML, both PNGs,
+advice, attribution), a dump in this process compared with the subprocess' one (seeded
+weights and the dump order are reproducible across processes), ``dump --isolate`` against
+that run's reference, and fp32 vs ONNX Runtime (with attribution) on the exported backbone +
+neck.
 """
 import csv
 import json
@@ -13,9 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.e2e
+from tests.conftest import REPO as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.e2e
 CONFIG = os.path.join(ROOT, 'configs', 'shapes', 'faster_rcnn_tiny.py')
 TOOL = os.path.join(ROOT, 'tools', 'analysis', 'compare_accuracy.py')
 
@@ -34,7 +36,8 @@ def run_proc(image, tmp_path_factory):
     log = open(out / 'stdout.txt', 'w')  # a file, not a pipe: a full pipe would block it
     proc = subprocess.Popen(
         [sys.executable, TOOL, 'run', CONFIG, '--input', image, '--settings', 'fp32,bf16,fp16',
-         '--out', str(out), '--no-progress'], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+         '--isolate', '--out', str(out), '--no-progress'], stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT)
     yield proc, out
     if proc.poll() is None:
         proc.kill()
@@ -63,16 +66,24 @@ def test_onnx_runtime_on_exported_backbone_and_neck(detector, image, tmp_path):
     model, cfg = detector
     prepared = prepare_inputs(model, cfg, image)
     ref = dump_config(cfg, None, image, str(tmp_path / 'fp32'), 'fp32', mode='feat',
-                      model=model, prepared=prepared)
+                      model=model, prepared=prepared, dump_inputs=True)
     ort = dump_config(cfg, None, image, str(tmp_path / 'onnx'), 'onnx', model=model,
-                      prepared=prepared)  # default mode with onnx: feat
+                      prepared=prepared, isolate_from=ref.root)  # default mode: feat
     assert ort.meta['mode'] == 'feat'
-    assert [e.key for e in ort.entries] == [e.key for e in ref.entries]
+    plain = [e.key for e in ort.entries if e.kind != 'isolated']
+    assert plain == [e.key for e in ref.entries if e.kind != 'input']
+    # every module call of backbone + neck cuts out of the graph and is isolated under ORT
+    iso = ort.meta['isolation']
+    calls = {(e.name, e.call) for e in ref.entries if e.kind == 'output'}
+    assert iso['skipped'] == {} and iso['calls'] == len(calls) > 50
     assert any(e.name.startswith('neck.fpn_convs') for e in ort.entries)
     res = compare_dumps(ref.root, ort.root)
+    assert res.isolated
     for r in res.rows:
         assert r['reason'] == '', (r['name'], r['reason'])
         assert r['cosine_similarity'] > 0.9999, r['name']
+        if r['kind'] == 'output':
+            assert r['isolated_cosine_similarity'] > 0.99999, r['name']
     paths = write_report(res, str(tmp_path / 'report'), quiet=True)
     assert paths['advice']['findings'][0]['rule'] == 'all_consistent'
     assert os.path.exists(paths['scatter']) and os.path.exists(paths['tensor_cdf'])
@@ -89,6 +100,7 @@ def test_onnx_predict_mode_is_refused(detector, image, tmp_path):
 def test_tensor_input_and_bad_inputs(detector, image, tmp_path):
     """A saved preprocessed tensor works as --input; bad files give clear messages."""
     import torch
+
     from ovkit.accuracy.manifest import AccuracyError
     from ovkit.accuracy.openmmlab import dump_config, prepare_inputs
     model, cfg = detector
@@ -114,7 +126,7 @@ def test_run_writes_csv_plots_and_advice(run_out, other):
     report = out / 'report' / f'fp32_vs_{other}'
     files = os.listdir(report)
     assert 'compare.csv' in files and 'advice.json' in files
-    assert 'scatter_cosine_similarity.png' in files
+    assert 'scatter_cosine_similarity.png' in files and 'report.html' in files
     assert any(f.endswith('.cdf_abs.png') for f in files)
     assert any(f.endswith('_abs.csv') and f.startswith('tensor_') for f in files)
     for f in files:
@@ -139,6 +151,12 @@ def test_run_writes_csv_plots_and_advice(run_out, other):
         'problem_node', 'single_point_deviation', 'all_consistent', 'fp16_overflow')
     # mmcv's CPU NMS/RoIAlign have no low-precision kernels: they ran in fp32, and say so
     assert any('nms' in w for w in advice['warnings'])
+    # --isolate: every backbone conv has its own error; the ReLUs, fed float32, add none
+    convs = [r for r in rows if r['name'].startswith('backbone') and r['module_type'] == 'Conv2d']
+    assert convs and all(float(r['isolated_relative_euclidean_distance']) > 0 for r in convs)
+    relus = [r for r in rows if r['module_type'] == 'ReLU']
+    assert relus and all(float(r['isolated_max_absolute_error']) == 0 for r in relus)
+    assert any(f['rule'] == 'error_sources' for f in advice['findings'])
     assert f'fp32 vs {other}' in stdout
 
 
@@ -148,8 +166,21 @@ def test_dumps_reproducible_across_processes(run_out, detector, image, tmp_path)
     from ovkit.accuracy.openmmlab import dump_config
     model, cfg = detector
     mine = dump_config(cfg, None, image, str(tmp_path / 'fp32'), 'fp32', model=model)
-    res = compare_dumps(str(run_out[0] / 'dumps' / 'fp32'), mine.root)
+    res = compare_dumps(str(run_out[0] / 'dumps' / 'fp32'), mine.root)  # A has inputs too
     assert len(res.rows) == len(mine.entries) > 80
     for r in res.rows:
         assert r['reason'] == '', (r['name'], r['reason'])
         assert r['max_absolute_error'] == 0.0, r['name']
+
+
+def test_dump_cli_isolates_against_the_run_reference(run_out, image, tmp_path):
+    """`dump --isolate REF` in this process against the reference the CLI run wrote."""
+    from ovkit.accuracy.cli import main
+    from ovkit.accuracy.manifest import load_dump
+    ref = str(run_out[0] / 'dumps' / 'fp32')
+    out = str(tmp_path / 'bf16')
+    assert main(['dump', CONFIG, '--input', image, '--setting', 'bf16', '--isolate', ref,
+                 '--out', out, '--no-progress']) == 0
+    iso = load_dump(out).meta['isolation']
+    calls = {(e.name, e.call) for e in load_dump(ref).entries if e.kind == 'output'}
+    assert iso['calls'] == len(calls) - len(iso['skipped']) > 80

@@ -11,21 +11,35 @@ from scipy.spatial.distance import cosine as scipy_cosine_distance
 from scipy.special import softmax
 from scipy.stats import entropy
 
-from ovkit.accuracy.metrics import (BUILTIN_METRICS, FP16_MAX, compare_pair, error_histogram,
-                                    register_metric, stream_metrics, top_errors,
-                                    unregister_metric)
+from ovkit.accuracy.compare import compare_pair
+from ovkit.accuracy.elements import error_histogram, top_errors
+from ovkit.accuracy.metrics import (
+    BUILTIN_METRICS,
+    FP16_MAX,
+    GRADE_THRESHOLDS,
+    grade,
+    register_metric,
+    stream_metrics,
+    unregister_metric,
+)
 
 
 def reference(a, b):
     """Whole-array float64 reference on the positions finite on both sides."""
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
-    keep = np.isfinite(a) & np.isfinite(b)
+    fa = np.isfinite(a)
+    with np.errstate(invalid='ignore'):
+        ratios = {f'error_ratio_{t}': np.sum(fa & (~np.isfinite(b) | (
+            np.abs(a - b) > float(t) * np.abs(a)))) / fa.sum() for t in ('1e-3', '5e-3')}
+    keep = fa & np.isfinite(b)
     a, b = a[keep], b[keep]
     d = a - b
     nz = a != 0
     rel = np.abs(d[nz]) / np.abs(a[nz])
-    return dict(
+    with np.errstate(divide='ignore', invalid='ignore'):
+        sqnr = 10 * np.log10(np.sum(a ** 2) / np.sum(d ** 2))
+    return dict(**ratios, sqnr_db=sqnr,
         cosine_similarity=1.0 - scipy_cosine_distance(a, b),
         relative_euclidean_distance=np.linalg.norm(d) / np.linalg.norm(a),
         max_absolute_error=np.max(np.abs(d)),
@@ -307,3 +321,69 @@ def test_top_errors_and_histogram_match_numpy():
 
 def test_fp16_max_constant():
     assert FP16_MAX == float(np.finfo(np.float16).max)
+
+
+# ----------------------------------------------------------------------------- SQNR, ‰ ratios
+def test_sqnr_and_error_ratios_by_hand():
+    """Each position worked out by hand; chunk=3 puts the special values across chunks."""
+    a = np.array([1.0, 2.0, 0.0, -4.0, 1000.0, 0.0, 3.0, np.nan, 5.0, 10.0])
+    b = np.array([1.0005, 2.02, 0.0, -4.0, 1003.0, 1e-6, np.inf, 1.0, 5.0, 10.004])
+    # relative errors: 5e-4, 1e-2, 0/0 (exact), 0, 3e-3, b != 0 at a == 0, new inf, (a NaN:
+    # no reference), 0, 4e-4 -> over 1e-3: positions 1, 4, 5, 6; over 5e-3: 1, 5, 6; of the
+    # 9 positions where a is finite
+    for chunk in (3, 1000):
+        got = stream_metrics(a, b, chunk=chunk)
+        assert got['error_ratio_1e-3'] == pytest.approx(4 / 9)
+        assert got['error_ratio_5e-3'] == pytest.approx(3 / 9)
+        # SQNR over the 8 positions finite on both sides (6: b inf, 7: a NaN left out)
+        signal = 1 + 4 + 0 + 16 + 1000 ** 2 + 0 + 25 + 100
+        noise = 0.0005 ** 2 + 0.02 ** 2 + 3.0 ** 2 + 1e-6 ** 2 + 0.004 ** 2
+        assert got['sqnr_db'] == pytest.approx(10 * math.log10(signal / noise), rel=1e-9)
+
+
+def test_sqnr_and_ratios_of_zeros_and_exact_tensors():
+    z = np.zeros(100)
+    got = stream_metrics(z, z.copy())
+    assert got['sqnr_db'] == math.inf  # no noise at all
+    assert got['error_ratio_1e-3'] == 0.0 and got['error_ratio_5e-3'] == 0.0
+    got = stream_metrics(z, np.full(100, 1e-9))
+    assert got['sqnr_db'] == -math.inf  # noise, no signal
+    assert got['error_ratio_1e-3'] == 1.0  # any b != 0 where a == 0 exceeds
+    a = RNG.standard_normal(1000)
+    got = stream_metrics(a, a * 2)  # noise power equals signal power: 0 dB
+    assert got['sqnr_db'] == pytest.approx(0.0, abs=1e-12)
+    assert got['error_ratio_5e-3'] == 1.0
+    got = stream_metrics(np.full(10, np.nan), np.ones(10))
+    assert math.isnan(got['sqnr_db']) and math.isnan(got['error_ratio_1e-3'])
+
+
+def test_sqnr_of_fp16_rounding_matches_theory():
+    """Rounding uniform values to fp16 (11 significant bits): noise ~ 6.02 * 11 dB below."""
+    a = RNG.uniform(1, 2, 200000)  # one binade: absolute step 2^-10, error uniform +-2^-11
+    b = a.astype(np.float16)
+    expected = 10 * math.log10(np.mean(a ** 2) / ((2 ** -10) ** 2 / 12))
+    assert stream_metrics(a, b)['sqnr_db'] == pytest.approx(expected, abs=0.05)
+    assert stream_metrics(a, b)['error_ratio_1e-3'] == 0.0  # half a step < 1e-3 relative
+
+
+@pytest.mark.parametrize('row,expected', [
+    (dict(sqnr_db=70.0, **{'error_ratio_5e-3': 0.0}), 'pass'),
+    (dict(sqnr_db=39.9, **{'error_ratio_5e-3': 0.0}), 'warn'),
+    (dict(sqnr_db=70.0, **{'error_ratio_5e-3': 0.2}), 'pass'),
+    (dict(sqnr_db=70.0, **{'error_ratio_5e-3': 0.6}), 'warn'),
+    (dict(sqnr_db=19.9, **{'error_ratio_5e-3': 0.0}), 'error'),
+    (dict(sqnr_db=math.inf, **{'error_ratio_5e-3': 0.0}), 'pass'),
+    (dict(sqnr_db=-math.inf, **{'error_ratio_5e-3': 1.0}), 'error'),
+    (dict(sqnr_db=70.0, nonfinite_new_b=1), 'error'),
+    (dict(sqnr_db=70.0, overflow=True), 'error'),
+    (dict(sqnr_db=math.nan), 'n/a'),
+    (dict(), 'n/a'),
+])
+def test_grade_thresholds(row, expected):
+    assert grade(row) == expected
+
+
+def test_grade_thresholds_can_be_overridden():
+    assert grade(dict(sqnr_db=30.0), dict(warn_sqnr_db=25.0)) == 'pass'
+    assert GRADE_THRESHOLDS == dict(error_sqnr_db=20.0, warn_sqnr_db=40.0,
+                                    warn_error_ratio_5e_3=0.5)

@@ -1,10 +1,11 @@
-"""Throughput of ovkit's dump comparison against a straightforward numpy implementation.
+"""Throughput of ovkit's dump comparison against a straightforward numpy implementation, and
+the cost of the error attribution.
 
-    python tools/analysis/benchmark_accuracy.py [--gb 2] [--workers N] [--tmp DIR]
+    python tools/analysis/benchmark_accuracy.py [--gb 2] [--workers N] [--tmp DIR] [--quick]
 
-Writes two dumps (A and B, ``--gb`` GB together, float32 tensors of CNN-like sizes, half of
-them ReLU-like with ~50% zeros) to a temporary directory, then compares them twice in this
-process:
+Comparison: writes two dumps (A and B, ``--gb`` GB together, float32 tensors of CNN-like
+sizes, half of them ReLU-like with ~50% zeros) to a temporary directory, then compares them
+twice in this process:
 
 * baseline: for each pair, ``np.load`` both whole arrays, cast to float64 and compute the
   same metrics with one numpy expression each, in this process; timed with numpy's default
@@ -14,8 +15,16 @@ process:
 
 Prints GB/s of compared data (bytes of A + B per second) for each, the ratios, peak memory
 (growth of the peak resident set, VmHWM, over the level before: the baseline process, and
-each ovkit worker) and the largest disagreement between the two sets of metrics. The dumps
-are deleted afterwards. Timings vary with machine load: compare ratios within one run.
+each ovkit worker) and the largest disagreement between the two sets of metrics.
+
+Attribution: mmpretrain's ResNet-18 (random weights) dumped under ``--setting`` (fp16) with
+:func:`ovkit.accuracy.dump_module`, once plain and once isolating every module on the fp32
+reference's recorded inputs; prints the plain forward pass under the setting, both dump
+times and the extra cost of the isolation in forward passes (the issue's budget: one).
+
+The dumps are deleted afterwards. Timings vary with machine load: compare ratios within one
+run. ``--quick`` (a test runs it) uses 20 MB of dumps and a 64-pixel input, and exits with
+status 1 when the two implementations disagree.
 """
 import argparse
 import math
@@ -29,27 +38,28 @@ import numpy as np
 
 from ovkit.accuracy.compare import compare_dumps
 from ovkit.accuracy.manifest import DumpWriter, load_dump
-from ovkit.accuracy.metrics import _reset_peak_rss as reset_peak_rss
-from ovkit.accuracy.metrics import _status_kb as status_kb
-from ovkit.accuracy.metrics import single_thread_blas
+from ovkit.accuracy.resources import reset_peak_rss, single_thread_blas, status_kb
 
 # (elements, count) of one "model": a mix of feature maps, from 64 Ki to 16 Mi elements
 LAYOUT = [(1 << 16, 8), (1 << 18, 8), (1 << 20, 8), (1 << 22, 6), (1 << 24, 2)]
 METRICS = ('cosine_similarity', 'relative_euclidean_distance', 'max_absolute_error',
            'mean_absolute_error', 'root_mean_square_error', 'max_relative_error',
-           'mean_relative_error', 'accumulated_relative_error', 'kl_divergence', 'mean_a',
-           'std_a', 'mean_b', 'std_b')
+           'mean_relative_error', 'accumulated_relative_error', 'kl_divergence', 'sqnr_db',
+           'error_ratio_1e-3', 'error_ratio_5e-3', 'mean_a', 'std_a', 'mean_b', 'std_b')
 
 
-def make_dumps(root, gb, seed=0):
+QUICK_LAYOUT = [(1 << 12, 8), (1 << 16, 8), (1 << 18, 4)]
+
+
+def make_dumps(root, gb, seed=0, layout=LAYOUT):
     """Two dumps of ``gb`` GB together; returns (dir_a, dir_b, largest tensor bytes)."""
     rng = np.random.default_rng(seed)
-    per_model = sum(n * c for n, c in LAYOUT) * 4 * 2
+    per_model = sum(n * c for n, c in layout) * 4 * 2
     repeats = max(1, math.ceil(gb * 1e9 / per_model))
     wa, wb = DumpWriter(os.path.join(root, 'a')), DumpWriter(os.path.join(root, 'b'))
     i = 0
     for _ in range(repeats):
-        for n, count in LAYOUT:
+        for n, count in layout:
             for _ in range(count):
                 a = rng.standard_normal(n, dtype=np.float32)
                 if i % 2:
@@ -63,7 +73,7 @@ def make_dumps(root, gb, seed=0):
                 del a, b, noise
     wa.close(setting=dict(name='fp32'))
     wb.close(setting=dict(name='noisy'))
-    return wa.root, wb.root, max(n for n, _ in LAYOUT) * 4
+    return wa.root, wb.root, max(n for n, _ in layout) * 4
 
 
 def baseline_pair(fa, fb):
@@ -80,7 +90,10 @@ def baseline_pair(fa, fb):
     pb = np.exp(b - b.max())
     pb /= pb.sum()
     keep = pa > 0
+    absd, absa = np.abs(d), np.abs(a)
     return dict(
+        sqnr_db=float(10 * np.log10(np.dot(a, a) / np.dot(d, d))),
+        **{f'error_ratio_{t}': float(np.mean(absd > float(t) * absa)) for t in ('1e-3', '5e-3')},
         cosine_similarity=float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))),
         relative_euclidean_distance=float(np.linalg.norm(d) / np.linalg.norm(a)),
         max_absolute_error=float(np.abs(d).max()), mean_absolute_error=float(np.abs(d).mean()),
@@ -92,19 +105,65 @@ def baseline_pair(fa, fb):
         std_b=float(b.std()))
 
 
+def attribution_cost(root, setting='fp16', size=224, repeats=3):
+    """Times the isolation of every module of mmpretrain's ResNet-18 (the shipped dump code).
+
+    Returns dict(forward, dump, dump_isolated, isolation, extra_passes, calls).
+    """
+    import torch
+    from mmpretrain.models import ResNet
+
+    from ovkit.accuracy.capture import parse_setting
+    from ovkit.accuracy.dump import dump_module, setting_context
+    s = parse_setting(setting)
+    torch.manual_seed(0)
+    model = ResNet(depth=18)
+    model.eval()  # (mmpretrain's ResNet.train returns None: no chaining)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad(), setting_context(s):
+        model(x)  # warm-up: first-call allocations and kernel selection
+    ref = dump_module(model, x, os.path.join(root, 'attr_fp32'), 'fp32', dump_inputs=True)
+    forward = dump = isolated = math.inf
+    for _ in range(repeats):  # interleaved, so all three see the same machine load
+        t0 = time.perf_counter()
+        with torch.no_grad(), setting_context(s):
+            model(x)
+        forward = min(forward, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        dump_module(model, x, os.path.join(root, 'attr_b'), s, overwrite=True)
+        dump = min(dump, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b = dump_module(model, x, os.path.join(root, 'attr_iso'), s, isolate_from=ref,
+                        overwrite=True)
+        isolated = min(isolated, time.perf_counter() - t0)
+    iso = b.meta['isolation']
+    return dict(forward=forward, dump=dump, dump_isolated=isolated, isolation=iso['seconds'],
+                extra_passes=(isolated - dump) / forward, calls=iso['calls'],
+                skipped=len(iso['skipped']), setting=s.name, size=size)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--gb', type=float, default=2.0, help='size of A + B in GB (2)')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny run (20 MB of dumps, 64-pixel input): checks, no figures')
+    parser.add_argument('--setting', default='fp16', help='setting B of the attribution (fp16)')
+    parser.add_argument('--size', type=int, default=224, help='attribution input size (224)')
+    parser.add_argument('--no-attribution', action='store_true',
+                        help='skip the attribution cost')
     parser.add_argument('--workers', type=int, default=None, help='default: all cores')
     parser.add_argument('--chunk', type=int, default=None, help='elements per chunk')
     parser.add_argument('--tmp', default=None, help='where to write the dumps (default: TMPDIR)')
     parser.add_argument('--keep', action='store_true', help='keep the dumps')
     args = parser.parse_args(argv)
+    if args.quick:
+        args.gb, args.size = 0.02, 64
     root = tempfile.mkdtemp(prefix='ovkit_bench_', dir=args.tmp)
     try:
         t0 = time.perf_counter()
-        dir_a, dir_b, largest = make_dumps(root, args.gb)
+        dir_a, dir_b, largest = make_dumps(root, args.gb,
+                                           layout=QUICK_LAYOUT if args.quick else LAYOUT)
         entries_a, entries_b = load_dump(dir_a).entries, load_dump(dir_b).entries
         files = [(os.path.join(dir_a, ea.file), os.path.join(dir_b, eb.file))
                  for ea, eb in zip(entries_a, entries_b)]
@@ -159,7 +218,14 @@ def main(argv=None):
         print(f'speed-up over the baseline: {ratios}; load average {os.getloadavg()[0]:.1f} '
               f'(other processes take cores from the workers)')
         print(f'largest relative disagreement between the two implementations: {worst:.2e}')
-        return 0
+        if not args.no_attribution:
+            a = attribution_cost(root, args.setting, args.size, repeats=1 if args.quick else 3)
+            print(f'attribution ({a["setting"]}, mmpretrain ResNet-18, {a["size"]} px, '
+                  f'{a["calls"]} module calls, {a["skipped"]} not isolated): plain forward '
+                  f'{a["forward"]:.3f}s, dump {a["dump"]:.3f}s, dump with isolation '
+                  f'{a["dump_isolated"]:.3f}s -> the isolation adds {a["extra_passes"]:.2f} '
+                  f'forward passes (its module calls and input reads: {a["isolation"]:.3f}s)')
+        return 0 if worst < 1e-6 else 1
     finally:
         if args.keep:
             print(f'dumps kept in {root}')

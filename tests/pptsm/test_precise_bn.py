@@ -1,0 +1,104 @@
+"""Precise BN: the averages of per-batch statistics, Paddle's epochs, one rank = two ranks."""
+import os
+import socket
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from ovkit.pptsm.precise_bn import PaddlePreciseBNHook, update_bn_stats
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 5, 1), nn.BatchNorm2d(5))
+
+
+def make_batches(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(6, 3, 5, 5, generator=g) * (1 + i) + i for i in range(n)]
+
+
+def expected_stats(model, batches):
+    """Mean over batches of the batch mean and the unbiased batch variance, layer by layer."""
+    feats = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, k=k: feats.setdefault(k, []).append(i[0]))
+             for k, m in enumerate(model) if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    for h in hooks:
+        h.remove()
+    out = {}
+    for k, xs in feats.items():
+        arrs = [x.double().numpy().transpose(1, 0, 2, 3).reshape(x.shape[1], -1) for x in xs]
+        out[k] = (np.mean([a.mean(1) for a in arrs], 0),
+                  np.mean([a.var(1, ddof=1) for a in arrs], 0))
+    return out
+
+
+def test_statistics_are_the_mean_of_batch_statistics():
+    model = make_model()
+    batches = make_batches(4, seed=1)
+    ref = make_model()
+    ref.load_state_dict(model.state_dict())
+    expected = expected_stats(ref.train(), batches)
+    tracked = model[1].num_batches_tracked.clone()
+    model.train()
+    assert update_bn_stats(model, iter(batches), 4, model) == 2
+    for k, (mean, var) in expected.items():
+        assert np.allclose(model[k].running_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+        assert np.allclose(model[k].running_var.numpy(), var, rtol=1e-5, atol=1e-6)
+    assert model[1].momentum == 0.1 and torch.equal(model[1].num_batches_tracked, tracked)
+
+
+def test_eval_mode_bns_are_left_alone_and_short_loaders_fail():
+    model = make_model().train()
+    model[1].eval()  # as norm_eval / frozen stages leave it
+    before = model[1].running_mean.clone()
+    assert update_bn_stats(model, iter(make_batches(2, 0)), 2, model) == 1
+    assert torch.equal(before, model[1].running_mean)
+    with pytest.raises(RuntimeError, match='expected 3 batches'):
+        update_bn_stats(model, iter(make_batches(2, 0)), 3, model)
+
+
+@pytest.mark.parametrize('max_epochs,due', [(12, [0, 5, 10, 11]), (5, [0, 4]), (1, [0])])
+def test_runs_on_the_epochs_paddle_uses(max_epochs, due):
+    hook = PaddlePreciseBNHook(num_iters=2, interval=5)
+    got = [e for e in range(max_epochs)
+           if hook._due(SimpleNamespace(epoch=e, max_epochs=max_epochs))]
+    assert got == due
+
+
+def _worker(rank, world, port, batches, out):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.distributed.init_process_group('gloo', rank=rank, world_size=world)
+    model = make_model().train()
+    mine = batches[rank::world]
+    update_bn_stats(model, iter(mine), len(mine), model)
+    out[rank] = {k: v.clone() for k, v in model.state_dict().items() if 'running' in k}
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process():
+    batches = make_batches(6, seed=3)
+    single = make_model().train()
+    update_bn_stats(single, iter(batches), 6, single)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(2, _free_port(), batches, out), nprocs=2, join=True)
+        ranks = dict(out)
+    for key, value in single.state_dict().items():
+        if 'running' in key:
+            assert torch.equal(ranks[0][key], ranks[1][key]), key  # same on every rank
+            assert torch.allclose(ranks[0][key], value, rtol=1e-5, atol=1e-6), key
