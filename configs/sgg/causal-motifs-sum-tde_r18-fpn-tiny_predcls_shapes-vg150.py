@@ -3,7 +3,7 @@
 #   python tools/data/make_shapes.py --out data/shapes --kinds vg150
 #   tools/dist_train.sh configs/sgg/causal-motifs-sum-tde_r18-fpn-tiny_predcls_shapes-vg150.py 2
 #   tools/test.py configs/sgg/causal-motifs-sum-tde_r18-fpn-tiny_predcls_shapes-vg150.py \
-#       work_dirs/causal-motifs-sum-tde_r18-fpn-tiny_predcls_shapes-vg150/iter_300.pth \
+#       work_dirs/causal-motifs-sum-tde_r18-fpn-tiny_predcls_shapes-vg150/iter_200.pth \
 #       [--cfg-options model.relation_head.predictor.effect_type=none|TDE|NIE|TE]
 _base_ = ['./motifs_r18-fpn-tiny_predcls_shapes-vg150.py']
 model = dict(relation_head=dict(predictor=dict(

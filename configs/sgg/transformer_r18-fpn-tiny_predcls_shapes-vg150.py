@@ -3,7 +3,7 @@
 #   python tools/data/make_shapes.py --out data/shapes --kinds vg150
 #   tools/dist_train.sh configs/sgg/transformer_r18-fpn-tiny_predcls_shapes-vg150.py 2
 #   tools/test.py configs/sgg/transformer_r18-fpn-tiny_predcls_shapes-vg150.py \
-#       work_dirs/transformer_r18-fpn-tiny_predcls_shapes-vg150/iter_300.pth
+#       work_dirs/transformer_r18-fpn-tiny_predcls_shapes-vg150/iter_200.pth
 _base_ = ['./motifs_r18-fpn-tiny_predcls_shapes-vg150.py']
 model = dict(relation_head=dict(predictor=dict(
     _delete_=True, type='TransformerPredictor', glove_dir=None, embed_dim=32, hidden_dim=64,

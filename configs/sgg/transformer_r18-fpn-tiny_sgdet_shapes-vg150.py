@@ -3,7 +3,7 @@
 #   tools/train.py configs/sgg/faster-rcnn_r18-fpn-tiny_shapes-vg150.py
 #   tools/dist_train.sh configs/sgg/transformer_r18-fpn-tiny_sgdet_shapes-vg150.py 2
 #   python tools/sgg_infer.py configs/sgg/transformer_r18-fpn-tiny_sgdet_shapes-vg150.py \
-#       work_dirs/transformer_r18-fpn-tiny_sgdet_shapes-vg150/iter_300.pth MY_IMAGES --out OUT
+#       work_dirs/transformer_r18-fpn-tiny_sgdet_shapes-vg150/iter_200.pth MY_IMAGES --out OUT
 _base_ = ['./transformer_r18-fpn-tiny_predcls_shapes-vg150.py']
 detector_checkpoint = 'work_dirs/faster-rcnn_r18-fpn-tiny_shapes-vg150/iter_400.pth'
 mode = 'sgdet'

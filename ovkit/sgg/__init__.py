@@ -30,9 +30,13 @@ from .relation_head_features import (  # noqa: F401
 from .sampling import RelationPairSampler  # noqa: F401
 
 # --- end model ---
+# isort: split
 # --- issue 9 (sgg2): predicate re-balancing, VCTree / Transformer / Causal predictors ---
-from .predictors import (CausalAnalysisPredictor, TransformerPredictor,  # noqa: F401
-                         VCTreePredictor)
+from .predictors import (  # noqa: F401
+    CausalAnalysisPredictor,
+    TransformerPredictor,
+    VCTreePredictor,
+)
 from .predictors.causal import CausalEffectHook  # noqa: F401
 from .rebalance import PredicateRebalanceDataset  # noqa: F401
 # --- end issue 9 ---
