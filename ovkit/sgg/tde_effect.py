@@ -71,7 +71,7 @@ def data_options(data_root):
                    for evaluator in ('val_evaluator', 'test_evaluator')]
 
 
-def test_metrics(work_dir):
+def read_test_metrics(work_dir):
     """The metrics of one ``tools/test.py`` run in ``work_dir``: mmengine's LoggerHook dumps
     them to ``<timestamp>/<timestamp>.json``; SGGMetric's own ``sgg_*.json`` beside it has the
     per-predicate recalls (``per_predicate``, empty if absent)."""
@@ -123,7 +123,7 @@ def measure(args):
                  '--work-dir', test_dir, '--cfg-options', *opts,
                  f'model.relation_head.predictor.effect_type={effect}'],
                 osp.join(out, f'seed{seed}_test_{effect}.log'), env)
-            metrics, per_predicate = test_metrics(test_dir)
+            metrics, per_predicate = read_test_metrics(test_dir)
             results[seed][effect] = {k: float(metrics[k]) for k in KEYS}
             results[seed][effect]['per_predicate_mR@50'] = {
                 name: float(v['mR@50']) for name, v in per_predicate.items()}

@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from ovkit.sgg.tde_effect import read_test_metrics
+from ovkit.shapes import SHAPE_PREDICATES
 from tests.conftest import REPO, run_cmd
 
 pytestmark = pytest.mark.e2e
@@ -85,6 +87,11 @@ def test_test_py_with_each_effect_type_prints_recalls(causal, ws):
         for k in (20, 50, 100):
             assert f'sgg/R@{k}:' in out and f'sgg/mR@{k}:' in out, out[-3000:]
         results[effect] = metrics(out)
+        # what tools/analysis/sgg_tde_effect.py reads back from the run's files
+        saved, per_predicate = read_test_metrics(str(work / f'test_{effect}'))
+        for key in ('sgg/R@50', 'sgg/mR@50'):
+            assert saved[key] == pytest.approx(results[effect][key], abs=1e-4)
+        assert set(per_predicate) == set(SHAPE_PREDICATES)
     assert results['TDE'] != results['none']
 
 
