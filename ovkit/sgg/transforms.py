@@ -17,8 +17,18 @@ from mmengine.structures import InstanceData
 class LoadSGGAnnotations(LoadAnnotations):
     """mmdet's ``LoadAnnotations`` (boxes, labels) plus the relations of a VGSGGDataset.
 
-    Adds ``results['gt_relations']`` (int64 [R, 3]: subject, object, predicate 1..P) and
-    ``results['ori_gt_bboxes']`` (float32 [N, 4], original pixels, before any resize/flip).
+    Adds ``results['gt_relations']`` (int64 [R, 3]: subject, object, predicate 1..P),
+    ``results['ori_gt_bboxes']`` (float32 [N, 4], original pixels in the frame of
+    ``image_data.json``, before any resize/flip: what SGB evaluates against) and
+    ``results['ann_shape']`` = (height, width) of ``image_data.json``.
+
+    A few VG images are not the size ``image_data.json`` gives. SGB builds its GT in the
+    json's frame and resizes it with the image (``target.resize(image.size)``), so the model
+    sees the boxes scaled by resized size / json size; here ``gt_bboxes`` are mapped from the
+    json's frame to the loaded image's (``ori_shape``, so ``LoadImageFromFile`` must come
+    first, as in every mmdet pipeline) and mmdet's ``Resize`` then does the rest.
+    ``SGGMetric`` maps the predictions back to the json's frame (SGB's
+    ``prediction.resize((json w, json h))``).
 
     Args:
         with_rel: load ``relations`` from the data_info.
@@ -31,10 +41,23 @@ class LoadSGGAnnotations(LoadAnnotations):
 
     def transform(self, results: dict) -> dict:
         results = super().transform(results)
+        ann_shape = None
+        if results.get('height') is not None and results.get('width') is not None:
+            ann_shape = (int(results['height']), int(results['width']))
+            results['ann_shape'] = ann_shape
         if self.with_bbox:
             boxes = results['gt_bboxes']
             boxes = boxes.numpy() if hasattr(boxes, 'numpy') else np.asarray(boxes)
             results['ori_gt_bboxes'] = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+            img_shape = results.get('ori_shape', results.get('img_shape'))
+            if ann_shape is not None and img_shape is not None and \
+                    tuple(img_shape[:2]) != ann_shape:
+                sy, sx = img_shape[0] / ann_shape[0], img_shape[1] / ann_shape[1]
+                if hasattr(results['gt_bboxes'], 'rescale_'):      # mmdet box type
+                    results['gt_bboxes'].rescale_([sx, sy])
+                else:                                               # box_type=None
+                    results['gt_bboxes'] = results['gt_bboxes'] * np.array(
+                        [sx, sy, sx, sy], dtype=np.float32)
         if self.with_rel:
             if 'relations' not in results:
                 raise KeyError(f"LoadSGGAnnotations: the data_info of {results.get('img_path')} "
@@ -53,7 +76,8 @@ class PackSGGInputs(PackDetInputs):
 
     ``gt_relations = InstanceData(pairs=LongTensor[R, 2], labels=LongTensor[R])`` with pair
     indices into ``gt_instances``. The metainfo also gets ``extra_meta_keys`` found in the
-    results (``ori_gt_bboxes`` for the evaluator, ``sample_idx`` to order gathered results).
+    results (``ori_gt_bboxes`` and ``ann_shape`` for the evaluator, ``sample_idx`` to order
+    gathered results).
 
     Args:
         meta_keys: as mmdet's ``PackDetInputs`` (each must be present).
@@ -63,7 +87,7 @@ class PackSGGInputs(PackDetInputs):
     def __init__(self,
                  meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
                             'flip', 'flip_direction'),
-                 extra_meta_keys=('ori_gt_bboxes', 'sample_idx')) -> None:
+                 extra_meta_keys=('ori_gt_bboxes', 'ann_shape', 'sample_idx')) -> None:
         super().__init__(meta_keys=meta_keys)
         self.extra_meta_keys = tuple(extra_meta_keys)
 

@@ -4,6 +4,8 @@ import os.path as osp
 
 import numpy as np
 import pytest
+import torch
+from mmengine.structures import InstanceData
 
 import ovkit.sgg  # noqa: F401  (registers)
 from ovkit.sgg.dataset import VGSGGDataset, sample_one_predicate_per_pair
@@ -195,6 +197,45 @@ def test_pipeline_packs_relations_and_original_boxes(vg_root):
     assert sample.gt_instances.labels.tolist() == [0, 1]
     assert sample.sample_idx == 0 and sample.img_id == 20
 
+
+
+def test_json_size_differs_from_the_image_file(tmp_path):
+    """image_data.json says 100 x 100, the file is 200 x 100 (as for a few VG images). SGB
+    builds the GT in the json's frame, resizes it with the image (target.resize(image.size))
+    and resizes the predictions back to the json's size before evaluating."""
+    from mmengine.registry import init_default_scope
+
+    from ovkit.sgg.metric import SGGMetric
+    init_default_scope('mmdet')
+    img = dict(IMAGES[5], file_size=(200, 100))
+    root = write_vg(str(tmp_path / 'vg'), [img])
+    ds = build(root, split='test', pipeline=[
+        dict(type='LoadImageFromFile'), dict(type='LoadSGGAnnotations'),
+        dict(type='Resize', scale=(50, 50), keep_ratio=True), dict(type='PackSGGInputs')])
+    sample = ds[0]['data_samples']
+    json_boxes = np.array([ins['bbox'] for ins in ds.get_data_info(0)['instances']], np.float32)
+    assert sample.ann_shape == (100, 100) and sample.ori_shape == (100, 200)
+    assert sample.img_shape == (25, 50)
+    np.testing.assert_array_equal(sample.ori_gt_bboxes, json_boxes)   # SGB's evaluation GT
+    # SGB's target.resize((50, 25)) of the json-frame boxes: x * 50/100, y * 25/100
+    np.testing.assert_allclose(sample.gt_instances.bboxes.numpy(),
+                               json_boxes * [0.5, 0.25, 0.5, 0.25], rtol=1e-6)
+    # an SGDet model that finds the GT boxes (in the resized frame) returns them in the
+    # loaded image's pixels (mmdet's rescale); SGB maps them to the json's frame: all match
+    sample.pred_instances = InstanceData(
+        bboxes=sample.gt_instances.bboxes.tensor / sample.gt_instances.bboxes.tensor.new_tensor(
+            sample.scale_factor).repeat(2), labels=sample.gt_instances.labels,
+        scores=torch.ones(2))
+    scores = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.0, 0.25, 0.125, 0.0]])
+    sample.pred_relations = InstanceData(pairs=torch.tensor([[0, 1], [1, 0]]), scores=scores,
+                                         labels=torch.tensor([1, 2]))
+    metric = SGGMetric(mode='sgdet', topks=(1, 2), plot=False)
+    metric.dataset_meta = ds.metainfo
+    metric.process({}, [sample])
+    res = metric.compute_metrics(metric.results)
+    # GT (0,1,p1) x2 and (0,1,p2): the first row (0,1,p1) finds both p1 triplets, the best
+    # two (pair, predicate) entries (0,1,p1) (0,1,p2) all three
+    assert res['R@1'] == 2 / 3 and res['ngR@2'] == 1.0
 
 def test_pack_rejects_relations_to_dropped_boxes():
     from ovkit.sgg.transforms import PackSGGInputs
