@@ -4,12 +4,17 @@ mmdet's ``LoadAnnotations`` / ``PackDetInputs`` know boxes and labels, not relat
 subclasses add ``gt_relations`` and keep the original-pixel GT boxes for the evaluator, so that
 ``SGGMetric`` matches against the very boxes SGB evaluates on (not boxes resized and back).
 Transforms that drop or reorder boxes (crops, ``FilterAnnotations``) would break the relation
-indices; ``PackSGGInputs`` checks them and says so.
+indices; ``PackSGGInputs`` checks them and says so. ``SGBResize`` is maskrcnn-benchmark's
+``Resize(min_size, max_size)``, whose output size mmdet's ``Resize(keep_ratio=True)`` misses
+by a pixel for about half of the images.
 """
+from typing import Tuple
+
 import numpy as np
 import torch
-from mmdet.datasets.transforms import LoadAnnotations, PackDetInputs
+from mmdet.datasets.transforms import LoadAnnotations, PackDetInputs, Resize
 from mmdet.registry import TRANSFORMS
+from mmdet.structures.bbox import autocast_box_type
 from mmengine.structures import InstanceData
 
 
@@ -111,3 +116,70 @@ class PackSGGInputs(PackDetInputs):
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f', extra_meta_keys={self.extra_meta_keys})'
+
+
+def sgb_resize_size(width: int, height: int, min_size: int = 600, max_size: int = 1000
+                    ) -> Tuple[int, int]:
+    """(height, width) maskrcnn-benchmark's ``Resize.get_size`` gives an image.
+
+    The short side becomes ``min_size`` unless the long side would pass ``max_size``, then the
+    short side is ``round(max_size * short / long)``; the other side is truncated
+    (``int(size * long / short)``), where mmdet's ``Resize(keep_ratio=True)`` rounds.
+
+    Args:
+        width: image width.
+        height: image height.
+        min_size: ``INPUT.MIN_SIZE_TEST`` / ``MIN_SIZE_TRAIN`` (SGB: 600).
+        max_size: ``INPUT.MAX_SIZE_TEST`` / ``MAX_SIZE_TRAIN`` (SGB: 1000).
+    """
+    size = min_size
+    short, long = float(min(width, height)), float(max(width, height))
+    if max_size is not None and long / short * size > max_size:
+        size = int(round(max_size * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+@TRANSFORMS.register_module()
+class SGBResize(Resize):
+    """maskrcnn-benchmark's ``Resize(min_size, max_size)`` (SGB's input size) on mmdet's Resize.
+
+    The output size is :func:`sgb_resize_size`; resizing the image, boxes and the
+    ``scale_factor`` bookkeeping are mmdet's (``keep_ratio=False`` to that size). SGB resizes
+    with PIL's bilinear filter (torchvision on a PIL image): use ``backend='pillow'`` and
+    ``LoadImageFromFile(imdecode_backend='pillow')`` for SGB's very pixels. Written here
+    because mmdet's keep-ratio rule rounds the long side where maskrcnn truncates it.
+
+    Args:
+        min_size: short side (SGB: 600).
+        max_size: cap of the long side (SGB: 1000).
+        backend: 'cv2' or 'pillow' (SGB's pixels: 'pillow').
+        interpolation: as mmdet's Resize (SGB: 'bilinear').
+        clip_object_border: as mmdet's Resize.
+    """
+
+    def __init__(self, min_size: int = 600, max_size: int = 1000, backend: str = 'cv2',
+                 interpolation: str = 'bilinear', clip_object_border: bool = True) -> None:
+        super().__init__(scale=(max_size, min_size), keep_ratio=False, backend=backend,
+                         interpolation=interpolation, clip_object_border=clip_object_border)
+        self.min_size, self.max_size = int(min_size), int(max_size)
+
+    @autocast_box_type()
+    def transform(self, results: dict) -> dict:
+        """Resize to maskrcnn-benchmark's size (image, boxes, scale_factor)."""
+        h, w = results['img'].shape[:2]
+        oh, ow = sgb_resize_size(w, h, self.min_size, self.max_size)
+        results['scale'] = (ow, oh)
+        self._resize_img(results)
+        self._resize_bboxes(results)
+        self._resize_masks(results)
+        self._resize_seg(results)
+        self._record_homography_matrix(results)
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(min_size={self.min_size}, max_size={self.max_size}, '
+                f'backend={self.backend!r}, interpolation={self.interpolation!r})')

@@ -299,3 +299,49 @@ def test_shapes_vg150_loads_and_its_predicates_need_the_boxes(shapes_vg150):
     assert boxes_rule['R@50'] > 0.9 and boxes_rule['mR@50'] > 0.85
     assert boxes_rule['zR@50'] > 0.8
     assert prior_only['R@50'] < 0.5 and prior_only['mR@50'] < 0.4
+
+
+def maskrcnn_get_size(image_size, min_size=600, max_size=1000):
+    """maskrcnn_benchmark/data/transforms/transforms.py Resize.get_size, one min size."""
+    w, h = image_size
+    size = min_size
+    min_original_size = float(min((w, h)))
+    max_original_size = float(max((w, h)))
+    if max_original_size / min_original_size * size > max_size:
+        size = int(round(max_size * min_original_size / max_original_size))
+    if (w <= h and w == size) or (h <= w and h == size):
+        return (h, w)
+    if w < h:
+        return (int(size * h / w), size)
+    return (size, int(size * w / h))
+
+
+def test_sgb_resize_gives_maskrcnns_size_and_pixels(tmp_path):
+    from mmcv.transforms import LoadImageFromFile
+    from mmdet.datasets.transforms import Resize
+    from PIL import Image
+
+    from ovkit.sgg.transforms import SGBResize, sgb_resize_size
+    rng = np.random.default_rng(0)
+    sizes = [(500, 333), (333, 500), (800, 600), (600, 800), (1280, 400), (375, 500),
+             (640, 640)] + [tuple(int(v) for v in rng.integers(100, 1500, 2))
+                            for _ in range(300)]
+    differ = 0
+    for w, h in sizes:
+        assert sgb_resize_size(w, h) == maskrcnn_get_size((w, h)), (w, h)
+        img = np.zeros((h, w, 3), np.uint8)
+        mm = Resize(scale=(1000, 600), keep_ratio=True).transform(dict(img=img))['img_shape']
+        differ += mm != maskrcnn_get_size((w, h))
+    assert differ > 50              # mmdet's keep-ratio rule rounds where maskrcnn truncates
+    # 500 x 333: maskrcnn 900 x 600 (int(600 * 500 / 333) = 900), mmdet 901 x 600
+    path = str(tmp_path / 'im.jpg')
+    Image.fromarray(rng.integers(0, 255, (333, 500, 3), dtype=np.uint8)).save(path)
+    res = LoadImageFromFile(imdecode_backend='pillow')(dict(img_path=path))
+    res['gt_bboxes'] = np.array([[10, 20, 110, 220]], np.float32)
+    res = SGBResize(backend='pillow')(res)
+    assert res['img_shape'] == (600, 900)
+    np.testing.assert_allclose(res['gt_bboxes'], [[18, 600 / 333 * 20, 198,
+                                                           600 / 333 * 220]], rtol=1e-6)
+    # SGB: PIL RGB image -> torchvision F.resize (PIL bilinear) -> BGR; the same bytes here
+    sgb = np.asarray(Image.open(path).convert('RGB').resize((900, 600), Image.BILINEAR))
+    np.testing.assert_array_equal(res['img'], sgb[..., ::-1])
