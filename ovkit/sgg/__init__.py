@@ -8,5 +8,6 @@ import ovkit.engine  # noqa: F401  (the runtime bases' ExactResumeHook, AtomicCh
 # --- data and evaluation (sgg-data) ---
 from .dataset import VGSGGDataset  # noqa: F401
 from .metric import SGGMetric  # noqa: F401
-from .transforms import LoadSGGAnnotations, PackSGGInputs  # noqa: F401
+from .sgb_geometry import SGBAnchorGenerator, SGBDeltaXYWHBBoxCoder, SGBRoIExtractor  # noqa: F401
+from .transforms import LoadSGGAnnotations, PackSGGInputs, SGBResize  # noqa: F401
 # --- end data and evaluation ---

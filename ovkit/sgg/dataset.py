@@ -14,6 +14,8 @@ import numpy as np
 from mmdet.datasets import BaseDetDataset
 from mmdet.registry import DATASETS
 
+from .boxes import box_iou
+
 # image_data.json lists these four images, the h5 does not (SGB's load_image_filenames)
 CORRUPTED_IMAGES = ('1592.jpg', '1722.jpg', '4616.jpg', '4617.jpg')
 SPLITS = ('train', 'val', 'test')
@@ -61,15 +63,6 @@ def load_vg_dicts(dict_file: str):
         raise ValueError(f'{dict_file}: label_to_idx / predicate_to_idx must be 1..N without '
                          'gaps')
     return classes, predicates
-
-
-def _overlap_plus1(boxes: np.ndarray) -> np.ndarray:
-    """[N, N] IoU > 0 with maskrcnn-benchmark's ``+1`` (``boxlist_iou`` in float32)."""
-    b = boxes.astype(np.float32)
-    lt = np.maximum(b[:, None, :2], b[None, :, :2])
-    rb = np.minimum(b[:, None, 2:], b[None, :, 2:])
-    wh = np.maximum(rb - lt + 1, 0)
-    return wh[..., 0] * wh[..., 1] > 0
 
 
 def load_vg_graphs(ann_file: str, split: str, num_im: int = -1, num_val_im: int = 5000,
@@ -139,7 +132,8 @@ def load_vg_graphs(ann_file: str, split: str, num_im: int = -1, num_val_im: int 
         else:
             rels = np.zeros((0, 3), dtype=np.int64)
         if filter_non_overlap and split == 'train':
-            rels = rels[_overlap_plus1(boxes_i)[rels[:, 0], rels[:, 1]]]
+            # SGB: boxlist_iou(BoxList(boxes_i), ...) > 0, float32 with +1 widths
+            rels = rels[box_iou(boxes_i, boxes_i)[rels[:, 0], rels[:, 1]] > 0]
             if len(rels) == 0:
                 continue
         keep_index.append(i)
