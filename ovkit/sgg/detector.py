@@ -233,7 +233,7 @@ class SceneGraphDetector(TwoStageDetector):
         # SGB layout: column 0 = background (its box is the proposal itself)
         boxes_per_cls = torch.cat([boxes[:, None], per_cls], dim=1)[box_idx]
         p = InstanceData(metainfo=dict(img_shape=meta['img_shape']))
-        p.bboxes = boxes_per_cls[torch.arange(len(box_idx)), det_labels + 1]
+        p.bboxes = boxes_per_cls[torch.arange(len(box_idx), device=boxes.device), det_labels + 1]
         p.boxes_per_cls = boxes_per_cls
         p.predict_logits = self._sgb_order(cls_score[box_idx])
         p.det_scores = det_scores
