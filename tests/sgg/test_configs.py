@@ -1,4 +1,5 @@
 """The VG150 configs build without data, with SGB's settings; the shapes configs match them."""
+import copy
 import glob
 import os.path as osp
 
@@ -108,3 +109,15 @@ def test_shapes_configs_follow_the_vg150_ones(mode):
     assert tiny.train_dataloader.dataset.type == full.train_dataloader.dataset.type
     if mode != 'predcls':
         assert tiny.model.detector_checkpoint.endswith('iter_400.pth')
+
+
+def test_imp_shapes_config_swaps_only_the_predictor():
+    imp = Config.fromfile(osp.join(CFG, 'imp_r18-fpn-tiny_predcls_shapes-vg150.py'))
+    motifs = Config.fromfile(osp.join(CFG, 'motifs_r18-fpn-tiny_predcls_shapes-vg150.py'))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(copy.deepcopy(imp.model))  # mmdet's detectors edit their cfg
+    assert type(model.relation_head.predictor).__name__ == 'IMPPredictor'
+    assert model.relation_head.predictor.edge_unary.in_features == imp.mlp_dim == 64
+    imp.model.relation_head.pop('predictor')
+    motifs.model.relation_head.pop('predictor')
+    assert imp.model == motifs.model and imp.train_cfg == motifs.train_cfg
