@@ -10,4 +10,24 @@ from .dataset import VGSGGDataset  # noqa: F401
 from .metric import SGGMetric  # noqa: F401
 from .sgb_geometry import SGBAnchorGenerator, SGBDeltaXYWHBBoxCoder, SGBRoIExtractor  # noqa: F401
 from .transforms import LoadSGGAnnotations, PackSGGInputs, SGBResize  # noqa: F401
+
 # --- end data and evaluation ---
+# isort: split
+# --- model (sgg-model): detector, relation head, pair sampler, predictors ---
+from .detector import SceneGraphDetector  # noqa: F401
+from .predictors import (  # noqa: F401
+    BaseRelationPredictor,
+    FrequencyBias,
+    FrequencyPredictor,
+    IMPPredictor,
+    MotifsPredictor,
+)
+from .relation_head import RelationHead, SGGStatisticsHook  # noqa: F401
+from .relation_head_features import (  # noqa: F401
+    AllLevelsRoIExtractor,
+    RelationBoxFeatureExtractor,
+    RelationUnionFeatureExtractor,
+)
+from .sampling import RelationPairSampler  # noqa: F401
+
+# --- end model ---
