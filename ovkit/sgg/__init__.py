@@ -31,3 +31,8 @@ from .relation_head_features import (  # noqa: F401
 from .sampling import RelationPairSampler  # noqa: F401
 
 # --- end model ---
+# isort: split
+# --- inputs the preflight checks (issue 8) ---
+from . import inputs  # noqa: F401
+
+# --- end inputs ---

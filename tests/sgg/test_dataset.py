@@ -166,6 +166,22 @@ def test_missing_images_are_one_clear_error(vg_root):
     assert len(build(vg_root, split='train', check_images=False)) == 3
 
 
+def test_a_few_missing_training_images_are_left_to_the_skip_counter(vg_root, monkeypatch):
+    import ovkit.sgg.dataset as dataset_module
+    logged = []
+    monkeypatch.setattr(dataset_module, 'print_log', lambda msg, **kw: logged.append(msg))
+    os.remove(osp.join(vg_root, 'VG_100K', '13.jpg'))
+    # 1 of 3 training images: within max_missing_ratio=0.5, a warning (the file is skipped
+    # and counted when drawn: tests/sgg/test_skips.py)
+    assert ids(build(vg_root, split='train', max_missing_ratio=0.5)) == [10, 13, 14]
+    assert '1 of 3 images are missing' in logged[0] and '13.jpg' in logged[0]
+    with pytest.raises(FileNotFoundError, match='1 of 3 images .*max_missing_ratio=0.01'):
+        build(vg_root, split='train')                    # default 1%
+    os.remove(osp.join(vg_root, 'VG_100K', '20.jpg'))
+    with pytest.raises(FileNotFoundError, match='1 of 1 images are missing'):
+        build(vg_root, split='test', max_missing_ratio=1.0)   # evaluation never skips
+
+
 def test_missing_files_name_the_config_key(tmp_path, vg_root):
     with pytest.raises(FileNotFoundError, match='dict_file=.*Scene-Graph-Benchmark'):
         VGSGGDataset(data_root=str(tmp_path / 'nowhere'))
