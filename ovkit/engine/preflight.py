@@ -84,12 +84,12 @@ class PreflightError(UserError):
         super().__init__(text)
 
 
-InputSpec = namedtuple('InputSpec', 'key kind fix rows validate')
+InputSpec = namedtuple('InputSpec', 'key kind fix rows validate root')
 _INPUTS = {}
 _FIXES = []
 
 
-def declare_input(key, kind='file', fix='', rows=None, validate=None):
+def declare_input(key, kind='file', fix='', rows=None, validate=None, root=None):
     """Declare a config key that holds a path the family reads (call at import time).
 
     Args:
@@ -101,10 +101,12 @@ def declare_input(key, kind='file', fix='', rows=None, validate=None):
         rows: for ``'npy'``: a sibling key whose value is the expected number of rows.
         validate: optional ``f(path, node, cfg) -> str or None``, more checks by the family
             (``node`` is the dict holding the key, ``cfg`` the whole config as a dict).
+        root: a sibling key naming the folder a relative path is under (as datasets read
+            ``ann_file`` under ``data_root``), e.g. ``'data_root'``.
     """
     if kind not in KINDS:
         raise ValueError(f'declare_input({key!r}): kind must be one of {KINDS}, got {kind!r}')
-    _INPUTS[key] = InputSpec(key, kind, fix, rows, validate)
+    _INPUTS[key] = InputSpec(key, kind, fix, rows, validate, root)
 
 
 def declare_fix(pattern, fix):
@@ -442,6 +444,8 @@ class _Checker:
                 continue
             for name, spec in specs.items():
                 if _matches(key, name):
+                    if spec.root and isinstance(parent.get(spec.root), str):
+                        value = _join(parent[spec.root], value)
                     fix = spec.fix
                     if callable(fix):
                         fix = fix(value, parent, key)

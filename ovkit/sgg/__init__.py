@@ -8,7 +8,8 @@ import ovkit.engine  # noqa: F401  (the runtime bases' ExactResumeHook, AtomicCh
 # --- data and evaluation (sgg-data) ---
 from .dataset import VGSGGDataset  # noqa: F401
 from .metric import SGGMetric  # noqa: F401
-from .transforms import LoadSGGAnnotations, PackSGGInputs  # noqa: F401
+from .sgb_geometry import SGBAnchorGenerator, SGBDeltaXYWHBBoxCoder, SGBRoIExtractor  # noqa: F401
+from .transforms import LoadSGGAnnotations, PackSGGInputs, SGBResize  # noqa: F401
 
 # --- end data and evaluation ---
 # isort: split
@@ -30,6 +31,11 @@ from .relation_head_features import (  # noqa: F401
 from .sampling import RelationPairSampler  # noqa: F401
 
 # --- end model ---
+# isort: split
+# --- inputs the preflight checks (issue 8) ---
+from . import inputs  # noqa: F401
+
+# --- end inputs ---
 # isort: split
 # --- issue 9 (sgg2): predicate re-balancing, VCTree / Transformer / Causal predictors ---
 from .predictors import (  # noqa: F401

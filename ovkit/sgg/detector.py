@@ -28,7 +28,7 @@ from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox2roi, get_box_tensor
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
+from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.structures import InstanceData
 from torch import Tensor
 
@@ -115,18 +115,43 @@ class SceneGraphDetector(TwoStageDetector):
                 'tools/model_converters/sgb_detector.py, and point the key at the .pth file.')
         ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
         state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
-        found = False
+        self.load_detector_state(state, path)
+        print_log(f'loaded the frozen detector from {path}', logger='current')
+
+    def load_detector_state(self, state: dict, source: str = 'the state dict') -> None:
+        """Load a detector state dict into backbone, neck, rpn_head and roi_head, strictly.
+
+        Every key of those four parts must be there with its shape, and nothing else under
+        them: a checkpoint made for another detector (other depth, anchors per location, class
+        count) would otherwise load partly and silently leave random weights.
+
+        Args:
+            state: mmdet Faster R-CNN state dict (``backbone.*``, ``neck.*``, ...).
+            source: where it came from, for messages (the checkpoint path).
+        """
+        problems = []
+        parts = {}
         for name in DETECTOR_PARTS:
             prefix = name + '.'
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if not part:
-                continue
-            found = True
-            load_state_dict(getattr(self, name), part, strict=False, logger='current')
-        if not found:
-            raise KeyError(f'{path} (model.detector_checkpoint) holds no detector weights: no key '
-                           f'starts with {", ".join(p + "." for p in DETECTOR_PARTS)}')
-        print_log(f'loaded the frozen detector from {path}', logger='current')
+            own = getattr(self, name).state_dict()
+            missing = [name + '.' + k for k in own if k not in part]
+            unexpected = [name + '.' + k for k in part if k not in own]
+            shapes = [f'{name}.{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})'
+                      for k, v in part.items() if k in own and v.shape != own[k].shape]
+            for what, keys in (('missing', missing), ('unexpected', unexpected),
+                               ('with another shape', shapes)):
+                if keys:
+                    problems.append(f'{len(keys)} keys {what}, e.g. {", ".join(keys[:3])}')
+            parts[name] = part
+        if problems:
+            raise ValueError(
+                f'{source} (model.detector_checkpoint) does not fit the detector of this config: '
+                + '; '.join(problems) + '. Use the checkpoint of the matching detector config '
+                '(or tools/model_converters/sgb_detector.py for SGB\'s VG150 detector with the '
+                'VG150 configs).')
+        for name, part in parts.items():
+            getattr(self, name).load_state_dict(part, strict=True)
 
     def _init_relation_mlps(self) -> None:
         shared = getattr(self.roi_head.bbox_head, 'shared_fcs', None)
@@ -233,7 +258,7 @@ class SceneGraphDetector(TwoStageDetector):
         # SGB layout: column 0 = background (its box is the proposal itself)
         boxes_per_cls = torch.cat([boxes[:, None], per_cls], dim=1)[box_idx]
         p = InstanceData(metainfo=dict(img_shape=meta['img_shape']))
-        p.bboxes = boxes_per_cls[torch.arange(len(box_idx)), det_labels + 1]
+        p.bboxes = boxes_per_cls[torch.arange(len(box_idx), device=boxes.device), det_labels + 1]
         p.boxes_per_cls = boxes_per_cls
         p.predict_logits = self._sgb_order(cls_score[box_idx])
         p.det_scores = det_scores

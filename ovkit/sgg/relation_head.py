@@ -256,8 +256,9 @@ class RelationHead(BaseModule):
         if self.mode == 'sgdet':
             obj_pred = nms_class_assignment(proposal.boxes_per_cls, obj_prob,
                                             self.predictor.later_nms_thr)
-            obj_scores = obj_prob[torch.arange(len(obj_pred), device=obj_pred.device), obj_pred]
-            boxes = proposal.boxes_per_cls[torch.arange(len(obj_pred)), obj_pred]
+            rows = torch.arange(len(obj_pred), device=obj_pred.device)
+            obj_scores = obj_prob[rows, obj_pred]
+            boxes = proposal.boxes_per_cls[rows, obj_pred]
         else:
             obj_scores, obj_pred = obj_prob[:, 1:].max(dim=1)
             obj_pred = obj_pred + 1

@@ -1,7 +1,9 @@
 """The VG150 configs build without data, with SGB's settings; the shapes configs match them."""
+import copy
 import glob
 import os.path as osp
 
+import numpy as np
 import pytest
 import torch
 from mmdet.registry import MODELS
@@ -108,3 +110,54 @@ def test_shapes_configs_follow_the_vg150_ones(mode):
     assert tiny.train_dataloader.dataset.type == full.train_dataloader.dataset.type
     if mode != 'predcls':
         assert tiny.model.detector_checkpoint.endswith('iter_400.pth')
+
+
+def test_imp_shapes_config_swaps_only_the_predictor():
+    imp = Config.fromfile(osp.join(CFG, 'imp_r18-fpn-tiny_predcls_shapes-vg150.py'))
+    motifs = Config.fromfile(osp.join(CFG, 'motifs_r18-fpn-tiny_predcls_shapes-vg150.py'))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(copy.deepcopy(imp.model))  # mmdet's detectors edit their cfg
+    assert type(model.relation_head.predictor).__name__ == 'IMPPredictor'
+    assert model.relation_head.predictor.edge_unary.in_features == imp.mlp_dim == 64
+    imp.model.relation_head.pop('predictor')
+    motifs.model.relation_head.pop('predictor')
+    assert imp.model == motifs.model and imp.train_cfg == motifs.train_cfg
+
+
+@pytest.mark.filterwarnings('ignore:for .*copying from a non-meta')   # meta model: no copy
+@pytest.mark.parametrize('mode', ['predcls', 'sgdet'])
+def test_vg150_detector_uses_sgb_geometry_and_takes_a_converted_checkpoint(mode):
+    """The converter's output (from a random maskrcnn-benchmark state dict with SGB's names and
+    shapes) loads strictly into the detector the VG150 config builds, whose anchors, box coders
+    and RoI level rule are maskrcnn-benchmark's (the geometry the converted weights need)."""
+    from ovkit.sgg.convert_sgb_detector import convert
+    from ovkit.sgg.sgb_geometry import (
+        SGBAnchorGenerator,
+        SGBDeltaXYWHBBoxCoder,
+        SGBRoIExtractor,
+        sgb_cell_anchors,
+    )
+    from tests.sgg.test_convert_sgb_detector import sgb_state_dict
+
+    cfg = Config.fromfile(osp.join(CFG, f'motifs_x101-fpn_{mode}_vg150.py'))
+    model = _build_on_meta(cfg)
+    gen = model.rpn_head.prior_generator
+    assert isinstance(gen, SGBAnchorGenerator)
+    assert isinstance(model.rpn_head.bbox_coder, SGBDeltaXYWHBBoxCoder)
+    assert isinstance(model.roi_head.bbox_head.bbox_coder, SGBDeltaXYWHBBoxCoder)
+    assert model.roi_head.bbox_head.bbox_coder.weights == (10.0, 10.0, 5.0, 5.0)
+    assert isinstance(model.roi_head.bbox_roi_extractor, SGBRoIExtractor)
+    assert isinstance(model.relation_head.box_feature_extractor.roi_extractor, SGBRoIExtractor)
+    for rpn in (cfg.model.test_cfg.rpn, cfg.model.train_cfg.rpn_proposal):
+        assert rpn.nms.offset == 1 and rpn.min_bbox_size < 0
+    assert cfg.model.test_cfg.rcnn.nms.offset == 1
+    # the cell anchors the converter checks the checkpoint's against
+    for lvl, (stride, size) in enumerate(zip([4, 8, 16, 32, 64], [32, 64, 128, 256, 512])):
+        expect = sgb_cell_anchors(stride, [size], cfg.model.rpn_head.anchor_generator.ratios)
+        np.testing.assert_array_equal(gen.base_anchors[lvl].numpy(), np.float32(expect))
+    state, skipped = convert(sgb_state_dict(device='meta'))
+    assert skipped == []
+    model.load_detector_state(state, 'converted.pth')   # strict: every key, every shape
+    state.pop('rpn_head.rpn_reg.bias')
+    with pytest.raises(ValueError, match='rpn_head.rpn_reg.bias'):
+        model.load_detector_state(state, 'converted.pth')

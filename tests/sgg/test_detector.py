@@ -195,3 +195,21 @@ def test_sgdet_boxes_follow_sgb_relation_mode_postprocessing():
     torch.testing.assert_close(out.boxes_per_cls, sgb_boxes[idx])
     torch.testing.assert_close(out.predict_logits.softmax(1), sgb_scores[idx])
     assert torch.equal(out.labels, labels[idx])
+
+
+def test_a_detector_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path):
+    """Another class count: the box head's classifier has another shape (and a dropped key is
+    missing); nothing is loaded half-way."""
+    det = build_in_mmdet_scope(ConfigDict(tiny_detector_cfg(), type='FasterRCNN'))
+    state = det.state_dict()
+    state['roi_head.bbox_head.fc_cls.weight'] = state['roi_head.bbox_head.fc_cls.weight'][:3]
+    state.pop('neck.fpn_convs.0.conv.bias')
+    state['roi_head.extra.weight'] = torch.zeros(1)
+    model = build_model('sgcls', 'MotifsPredictor', init=False)
+    before = model.backbone.conv1.weight.clone()
+    with pytest.raises(ValueError, match='does not fit') as err:
+        model.load_detector_state(state, 'det.pth')
+    text = str(err.value)
+    assert 'neck.fpn_convs.0.conv.bias' in text and 'roi_head.extra.weight' in text
+    assert 'roi_head.bbox_head.fc_cls.weight (3, ' in text
+    assert torch.equal(model.backbone.conv1.weight, before)

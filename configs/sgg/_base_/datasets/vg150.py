@@ -9,11 +9,16 @@ image_dir = 'VG_100K'
 zeroshot_triplets = data_root + 'zeroshot_triplet.pytorch'
 backend_args = None
 
-# SGB: shorter side 600, longer side <= 1000; no flip (left/right predicates)
+# SGB's very input pixels: PIL decoding without EXIF rotation (SGB's Image.open().convert('RGB')),
+# maskrcnn-benchmark's Resize(600, 1000) size rule (SGBResize; mmdet's keep-ratio rule rounds
+# the long side where maskrcnn truncates it) with PIL's bilinear filter; no flip (left/right
+# predicates). A file that fails to load is skipped and counted (ovkit.engine, default_hooks.
+# bad_samples).
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadImageFromFile', color_type='color_ignore_orientation',
+         imdecode_backend='pillow', backend_args=backend_args),
     dict(type='LoadSGGAnnotations'),
-    dict(type='Resize', scale=(1000, 600), keep_ratio=True),
+    dict(type='SGBResize', min_size=600, max_size=1000, backend='pillow'),
     dict(type='PackSGGInputs'),
 ]
 test_pipeline = train_pipeline

@@ -3,8 +3,11 @@
 # SGB's released VG detector, converted to mmdet names:
 #   python tools/model_converters/sgb_detector.py \
 #       pretrained_faster_rcnn/model_final.pth checkpoints/sgb_vg150_faster-rcnn_x101-fpn.pth
-# The geometry follows maskrcnn-benchmark (+1 box widths: Legacy anchor generator and box
-# coder), the input is BGR 0..255 minus SGB's pixel mean.
+# The converted weights compute what maskrcnn-benchmark computed only with its geometry (+1 box
+# widths): SGBAnchorGenerator (generate_anchors' cell anchors; the converter checks the file's),
+# SGBDeltaXYWHBBoxCoder (BoxCoder; mmdet's Legacy coder is 1 px off), SGBRoIExtractor
+# (LevelMapper), RoIAlign(aligned=False), NMS with offset=1 (ovkit/sgg/sgb_geometry.py). The
+# input is BGR 0..255 minus SGB's pixel mean.
 _base_ = 'mmdet::_base_/models/faster-rcnn_r50_fpn.py'
 
 # Paths (override with --cfg-options): the converted detector and the GloVe 6B folder.
@@ -41,20 +44,22 @@ model = dict(
         init_cfg=None),  # weights: detector_checkpoint
     neck=dict(in_channels=[256, 512, 1024, 2048], out_channels=fpn_channels, num_outs=5),
     rpn_head=dict(
+        # RPN.ANCHOR_STRIDE / ANCHOR_SIZES / ASPECT_RATIOS (the ratios from neural-motifs)
         anchor_generator=dict(
-            type='LegacyAnchorGenerator',
-            center_offset=0.5,
-            scales=[8],
-            ratios=[0.23232838, 0.63365731, 1.28478321, 3.15089189],  # from neural-motifs
-            strides=[4, 8, 16, 32, 64]),
-        bbox_coder=dict(type='LegacyDeltaXYWHBBoxCoder', target_means=[0.] * 4,
+            _delete_=True,
+            type='SGBAnchorGenerator',
+            strides=[4, 8, 16, 32, 64],
+            sizes=[32, 64, 128, 256, 512],
+            ratios=[0.23232838, 0.63365731, 1.28478321, 3.15089189]),
+        bbox_coder=dict(type='SGBDeltaXYWHBBoxCoder', target_means=[0.] * 4,
                         target_stds=[1.0] * 4)),
     roi_head=dict(
-        bbox_roi_extractor=dict(roi_layer=sgb_roi_layer),
+        bbox_roi_extractor=dict(type='SGBRoIExtractor', roi_layer=sgb_roi_layer),
         bbox_head=dict(
             fc_out_channels=mlp_dim,
             num_classes=num_classes,
-            bbox_coder=dict(type='LegacyDeltaXYWHBBoxCoder', target_means=[0.] * 4,
+            # MODEL.ROI_HEADS.BBOX_REG_WEIGHTS (10, 10, 5, 5) = 1 / stds
+            bbox_coder=dict(type='SGBDeltaXYWHBBoxCoder', target_means=[0.] * 4,
                             target_stds=[0.1, 0.1, 0.2, 0.2]))),
     relation_head=dict(
         type='RelationHead',
@@ -62,7 +67,8 @@ model = dict(
         num_predicates=num_predicates,
         box_feature_extractor=dict(
             type='RelationBoxFeatureExtractor',
-            roi_extractor=dict(type='SingleRoIExtractor', roi_layer=sgb_roi_layer,
+            # the detector's pooler (SGB's relation box features use the same LevelMapper)
+            roi_extractor=dict(type='SGBRoIExtractor', roi_layer=sgb_roi_layer,
                                out_channels=fpn_channels, featmap_strides=[4, 8, 16, 32]),
             in_channels=fpn_channels, roi_feat_size=7, mlp_dims=(mlp_dim, mlp_dim)),
         union_feature_extractor=dict(
@@ -86,13 +92,15 @@ model = dict(
                        num_edge_layers=1, later_nms_thr=0.5)),
     train_cfg=dict(
         # SGDet training proposals (RPN in SGB's train mode: 6000 pre-NMS, 1000 kept)
-        rpn_proposal=dict(nms_pre=6000, max_per_img=1000, nms=dict(type='nms', iou_threshold=0.7),
-                          min_bbox_size=0),
+        # (maskrcnn's nms counts +1 widths: offset=1; min_size 0 keeps every box: -1 here)
+        rpn_proposal=dict(nms_pre=6000, max_per_img=1000,
+                          nms=dict(type='nms', iou_threshold=0.7, offset=1), min_bbox_size=-1),
         # SGDet training: a proposal takes the label of its ground-truth box at IoU >= 0.5
         rcnn=dict(assigner=dict(pos_iou_thr=0.5, neg_iou_thr=0.3, min_pos_iou=0.5,
                                 match_low_quality=False))),
     test_cfg=dict(
-        rpn=dict(nms_pre=6000, max_per_img=1000, nms=dict(type='nms', iou_threshold=0.7),
-                 min_bbox_size=0),
+        rpn=dict(nms_pre=6000, max_per_img=1000,
+                 nms=dict(type='nms', iou_threshold=0.7, offset=1), min_bbox_size=-1),
         # SGDet boxes: score > 0.01, class-wise NMS 0.3, one class per box, <= 80 per image
-        rcnn=dict(score_thr=0.01, nms=dict(type='nms', iou_threshold=0.3), max_per_img=80)))
+        rcnn=dict(score_thr=0.01, nms=dict(type='nms', iou_threshold=0.3, offset=1),
+                  max_per_img=80)))
