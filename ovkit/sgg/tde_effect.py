@@ -91,6 +91,11 @@ def read_test_metrics(work_dir):
 def measure(args):
     """Train each seed and test its checkpoint with each effect; returns {seed: {effect: m}}."""
     from ovkit.shapes import make_shapes
+    for path in (args.config, osp.join('tools', 'dist_train.sh'), osp.join('tools', 'test.py')):
+        if not osp.isfile(path):
+            raise SystemExit(f'error: {path} not found: run sgg_tde_effect.py from the repository '
+                             f'root (it launches tools/dist_train.sh and tools/test.py), or pass '
+                             f'--config')
     out = osp.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     make_shapes(osp.join(out, 'data'), seed=args.data_seed, kinds=['vg150'],
