@@ -14,7 +14,9 @@ import ovkit.sgg  # noqa: F401
 from tests.conftest import REPO
 
 CFG = osp.join(REPO, 'configs', 'sgg')
-VG150 = sorted(glob.glob(osp.join(CFG, '*_vg150.py')))
+# Motifs and IMP (issue 14); VCTree / Transformer / Causal: tests/sgg/test_predictor_configs.py
+VG150 = sorted(p for p in glob.glob(osp.join(CFG, '*_vg150.py'))
+               if osp.basename(p).split('_')[0] in ('motifs', 'imp'))
 
 
 def _build_on_meta(cfg):
