@@ -92,8 +92,10 @@ GLOVE_FIX = (f'download glove.6B.zip (GloVe 6B) from {GLOVE_URL} and unzip glove
 
 declare_input('dataset.dict_file', kind='json', root='data_root', validate=check_dict_file)
 declare_input('dataset.image_file', kind='json', root='data_root', validate=check_image_file)
-declare_input('predictor.glove_dir', kind='dir', fix=GLOVE_FIX, validate=check_glove_dir)
-declare_input('model.detector_checkpoint', kind='checkpoint', fix=detector_fix)
+# read when training starts (init_weights); a trained checkpoint holds what came from them
+declare_input('predictor.glove_dir', kind='dir', fix=GLOVE_FIX, validate=check_glove_dir,
+              train_only=True)
+declare_input('model.detector_checkpoint', kind='checkpoint', fix=detector_fix, train_only=True)
 
 
 def zeroshot_fix(path, node, key):

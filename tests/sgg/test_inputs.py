@@ -78,6 +78,14 @@ def test_preflight_names_each_missing_vg150_input(tmp_path):
     torch.save(torch.zeros(3, 3, dtype=torch.long), osp.join(root, 'zeroshot_triplet.pytorch'))
     assert problems(vg_config(root, str(tmp_path / 'glove'),
                               str(tmp_path / 'ckpt' / 'det.pth'))) == {}
+    # tools/test.py evaluates a trained checkpoint, which holds the detector and the word
+    # vectors: neither is needed then
+    os.remove(tmp_path / 'ckpt' / 'det.pth')
+    os.remove(tmp_path / 'glove' / 'glove.6B.200d.txt')
+    cfg = vg_config(root, str(tmp_path / 'glove'), str(tmp_path / 'ckpt' / 'det.pth'))
+    assert problems(cfg, mode='test') == {}
+    assert set(problems(cfg)) == {'model.detector_checkpoint',
+                                  'model.relation_head.predictor.glove_dir'}
     # an override is what gets checked, not the config's top-level variables
     cfg = vg_config(root, str(tmp_path / 'glove'), str(tmp_path / 'ckpt' / 'det.pth'))
     assert cfg.detector_checkpoint != cfg.model.detector_checkpoint
