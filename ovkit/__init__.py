@@ -17,6 +17,7 @@ FAMILIES = ('ovkit.baron', 'ovkit.sgg', 'ovkit.pptsm', 'ovkit.vit', 'ovkit.accur
 def register_all_modules():
     """Import every family (and the CPU AMP wrapper) so their modules are registered."""
     importlib.import_module('ovkit.compat.amp')
+    importlib.import_module('ovkit.engine')
     return [importlib.import_module(name) for name in FAMILIES]
 
 

@@ -23,6 +23,5 @@ param_scheduler = [
 ]
 custom_hooks = [
     dict(type='PaddlePreciseBNHook', num_iters=80, interval=5),
-    dict(type='VideoSkipLoggerHook'),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=64)

@@ -85,7 +85,6 @@ param_scheduler = [
 # batches (with mixup) per process, statistics averaged over batches and processes.
 custom_hooks = [
     dict(type='PaddlePreciseBNHook', num_iters=200, interval=5),
-    dict(type='VideoSkipLoggerHook'),
 ]
 default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=3, save_best='auto'),
                      logger=dict(interval=20))

@@ -84,7 +84,6 @@ param_scheduler = [
 ]
 custom_hooks = [
     dict(type='PaddlePreciseBNHook', num_iters=8, interval=6),
-    dict(type='VideoSkipLoggerHook'),
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=4),

@@ -12,6 +12,6 @@ from ovkit.shapes import SHAPE_CLASSES
 model = dict(roi_head=dict(bbox_head=dict(num_classes=len(SHAPE_CLASSES))))
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=5),
-    checkpoint=dict(type='CheckpointHook', interval=20, by_epoch=False, max_keep_ckpts=3))
+    checkpoint=dict(interval=20, by_epoch=False, max_keep_ckpts=3))
 log_processor = dict(type='LogProcessor', window_size=5, by_epoch=False)
 randomness = dict(seed=0)

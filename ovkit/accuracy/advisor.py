@@ -2,8 +2,10 @@
 
 Rules (thresholds are arguments / CLI flags with these defaults):
 
-* ``fp16_overflow`` (error): some tensor overflows: B has NaN/inf where A is finite, or B is
-  float16 and A's magnitude exceeds the fp16 range (``--fp16-max``, 65504).
+* ``missing_outputs`` (error): B lacks model outputs that A has (the result is not compared).
+* ``fp16_overflow`` (error): some tensor overflows: B is float16 and has NaN/inf where A is
+  finite, or A's magnitude exceeds the fp16 range (``--fp16-max``, 65504).
+* ``non_finite`` (error): B is not float16 and has NaN/inf where A is finite.
 * ``input_inconsistency`` (error): the first tensor (the model input) differs: cosine
   similarity below ``--input-threshold`` (0.99) or a shape mismatch. Everything after it is
   then not comparable.
@@ -41,14 +43,19 @@ def _ref(r, metric):
                 reason=r.get('reason', ''))
 
 
-def _low_precision_hint(setting_b):
+def _setting_dtype(setting_b):
     # dumps from other tools carry only a name (often the directory name): infer from it
+    name = str(setting_b.get('name', '')).lower()
+    return setting_b.get('dtype') or ('float16' if ('fp16' in name or 'half' in name) else
+                                      'bfloat16' if 'bf16' in name else 'float32')
+
+
+def _low_precision_hint(setting_b):
     name = str(setting_b.get('name', '')).lower()
     backend = setting_b.get('backend') or 'torch'
     if backend not in ('torch', 'onnxruntime') and ('onnx' in name or 'ort' in name):
         backend = 'onnxruntime'
-    dtype = setting_b.get('dtype') or ('float16' if ('fp16' in name or 'half' in name) else
-                                       'bfloat16' if 'bf16' in name else 'float32')
+    dtype = _setting_dtype(setting_b)
     if backend == 'onnxruntime':
         return ('compare the exported op with its PyTorch module (opset, align_corners, '
                 'rounding modes, constant folding); re-export with a newer opset or replace '
@@ -110,8 +117,47 @@ def _mismatch(r):
     return 'shape mismatch' in (r.get('reason') or '')
 
 
+def _fp16_run(ctx, r):
+    """Whether B ran this tensor in float16: only then is a new NaN/inf an fp16 overflow."""
+    return (str(r.get('dtype_b')).replace('torch.', '') in ('float16', 'half')
+            or _setting_dtype(ctx.result.dump_b.meta.get('setting', {})) == 'float16')
+
+
+def rule_missing_outputs(ctx):
+    """B lacks model outputs of A: nothing can be said about the result (issue 8)."""
+    outputs = [r for r in ctx.ordered if r['kind'] == 'model_output']
+    missing = [r for r in outputs if not r.get('file_b')]
+    if not missing:
+        return None
+    return dict(
+        rule='missing_outputs', severity='error', count=len(missing),
+        tensors=[_ref(r, ctx.metric) for r in missing[:20]],
+        message=(f'{ctx.result.dump_b.root} lacks {len(missing)} of the {len(outputs)} model '
+                 f'outputs of {ctx.result.dump_a.root} '
+                 f'({", ".join(_label(r) for r in missing[:5])}): the result is not compared'),
+        advice=('Dump B again with the same config, --input and --mode as A; a dump that '
+                'stopped early (a crash, --range) or ran another mode has no outputs to check.'))
+
+
+def rule_non_finite(ctx):
+    """B has NaN/inf where A is finite and B is not a float16 run: report NaN as NaN."""
+    bad = [r for r in ctx.rows if r.get('overflow') and not _fp16_run(ctx, r)]
+    if not bad:
+        return None
+    first = bad[0]
+    return dict(
+        rule='non_finite', severity='error', count=len(bad),
+        first=_ref(first, ctx.metric), tensors=[_ref(r, ctx.metric) for r in bad[:20]],
+        message=(f'{len(bad)} tensor(s) are NaN/inf in {ctx.result.dump_b.setting} where A is '
+                 f'finite; first at op {first["op_index"]} {_label(first)} ({_what(first)}): '
+                 f'{first.get("reason")}'),
+        advice=('B is not a float16 run, so this is no fp16 overflow: look in that module for '
+                '0/0, log or sqrt of non-positive values, or NaN already in its weights or '
+                'inputs (dump with --isolate to see whether the module makes it itself).'))
+
+
 def rule_fp16_overflow(ctx):
-    over = [r for r in ctx.rows if r.get('overflow')]
+    over = [r for r in ctx.rows if r.get('overflow') and _fp16_run(ctx, r)]
     if not over:
         return None
     first = over[0]
@@ -198,7 +244,7 @@ def rule_single_point_deviation(ctx):
 
 
 def rule_all_consistent(ctx):
-    if ctx.final_is_bad or ctx.bad_rows or not ctx.scored:
+    if ctx.final_is_bad or ctx.bad_rows or not ctx.scored or rule_missing_outputs(ctx):
         return None
     return dict(
         rule='all_consistent', severity='info', count=len(ctx.scored),
@@ -276,7 +322,8 @@ def rule_error_sources(ctx, top=5):
                 'the output within the threshold.'))
 
 
-RULES = (rule_fp16_overflow, rule_input_inconsistency, rule_problem_node,
+RULES = (rule_missing_outputs, rule_fp16_overflow, rule_non_finite, rule_input_inconsistency,
+         rule_problem_node,
          rule_single_point_deviation, rule_all_consistent, rule_error_sources)
 
 
@@ -315,8 +362,8 @@ def problem_row(result, advice):
     ref = None
     if 'problem_node' in by_rule:
         ref = by_rule['problem_node']['node']
-    elif 'fp16_overflow' in by_rule:
-        ref = by_rule['fp16_overflow']['first']
+    elif 'fp16_overflow' in by_rule or 'non_finite' in by_rule:
+        ref = (by_rule.get('fp16_overflow') or by_rule['non_finite'])['first']
     elif 'single_point_deviation' in by_rule:
         hib = higher_is_better(advice['metric'])
         refs = by_rule['single_point_deviation']['tensors']

@@ -5,7 +5,9 @@
 and ``OVCocoAP50Metric`` in mmdet's registries.
 """
 import ovkit  # noqa: F401  (compat fixes first)
+import ovkit.engine  # noqa: F401  (the runtime bases' ExactResumeHook, AtomicCheckpointHook)
 
+from . import inputs  # noqa: F401  (files the preflight checks; registers ovkit.engine)
 from .bag_sampler import BagSampler
 from .bbox_head import (BaronBBoxHead, BaronConvFCBBoxHead, BaronShared2FCBBoxHead,
                         BaronShared4Conv1FCBBoxHead)

@@ -26,6 +26,8 @@ from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
+from ovkit.engine.guards import check_finite
+
 __all__ = ['BaronBBoxHead', 'BaronConvFCBBoxHead', 'BaronShared2FCBBoxHead',
            'BaronShared4Conv1FCBBoxHead']
 
@@ -60,6 +62,7 @@ def load_cls_embeddings(path, num_classes: int) -> Tensor:
     if array.shape[0] != num_classes:
         raise ValueError(f"cls_embeddings_path='{path}' has {array.shape[0]} rows but "
                          f'num_classes={num_classes}; one row per class is required. {hint}')
+    check_finite(array, f"cls_embeddings_path='{path}'", hint)
     return F.normalize(torch.from_numpy(np.asarray(array, dtype=np.float32)), dim=-1)
 
 

@@ -139,6 +139,13 @@ def _load_into(model, state_dict: dict, path: str, model_name: str, key: str):
             f"{key}='{path}' does not fit {key.rsplit('.', 1)[0]}.model_name='{model_name}': "
             f"{'; '.join(parts)}. Set model_name to the architecture the file was trained with "
             "(e.g. 'ViT-B-16' for ViT-B-16.pt).")
+    bad = [k for k, v in state_dict.items() if isinstance(v, torch.Tensor)
+           and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a NaN weight makes every embedding and loss NaN, silently
+        from ovkit.engine.guards import NonFiniteArrayError
+        raise NonFiniteArrayError(f"{key}='{path}' holds NaN/inf in {len(bad)} tensors "
+                                  f"({', '.join(bad[:3])}); the file is damaged: download it "
+                                  'again.')
     model.load_state_dict(state_dict, strict=True)  # copies and casts fp16 -> fp32
 
 

@@ -8,6 +8,10 @@ has no CPU kernel, and mmengine reverts it to BatchNorm only in non-distributed 
 SyncBN config (e.g. configs/baron/coco.py) launched on CPU processes gets plain BatchNorm too
 (per-process statistics), with a warning.
 
+Every launch through mmengine's pytorch launcher (CPU or GPU) also gets ovkit's worker life
+cycle (:mod:`ovkit.engine.process`): a parent-death signal, and the process groups destroyed
+at exit, which ends the ``terminate called without an active exception`` abort of gloo runs.
+
 Applied lazily: each patch runs when its mmengine module is first imported.
 """
 import warnings
@@ -19,7 +23,8 @@ def _other_accelerator():
 
 
 def patch_launcher(dist_utils):
-    """Patch ``mmengine.dist.utils._init_dist_pytorch`` (gloo, no set_device without CUDA)."""
+    """Patch ``mmengine.dist.utils._init_dist_pytorch`` (gloo, no set_device without CUDA;
+    worker life cycle everywhere)."""
     if getattr(dist_utils._init_dist_pytorch, '_ovkit', False):
         return
     original_init = dist_utils._init_dist_pytorch
@@ -27,11 +32,19 @@ def patch_launcher(dist_utils):
     def _init_dist_pytorch(backend, init_backend='torch', **kwargs):
         import torch
         import torch.distributed as torch_dist
+
+        # Workers die with their launcher, and destroy their process groups at exit (the
+        # gloo exit abort): see ovkit.engine.process.
+        from ovkit.engine import process
+        process.before_init_process_group()
         if torch.cuda.is_available() or init_backend != 'torch' or _other_accelerator():
-            return original_init(backend, init_backend=init_backend, **kwargs)
-        if backend != 'gloo':
-            warnings.warn(f'ovkit: no CUDA device, using the gloo backend instead of {backend}')
-        torch_dist.init_process_group(backend='gloo', **kwargs)
+            original_init(backend, init_backend=init_backend, **kwargs)
+        else:
+            if backend != 'gloo':
+                warnings.warn(
+                    f'ovkit: no CUDA device, using the gloo backend instead of {backend}')
+            torch_dist.init_process_group(backend='gloo', **kwargs)
+        process.after_init_process_group()
 
     _init_dist_pytorch._ovkit = True
     dist_utils._init_dist_pytorch = _init_dist_pytorch

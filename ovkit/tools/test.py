@@ -13,6 +13,9 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import ovkit  # noqa: F401  (applies ovkit.compat: weights-only loading of mmengine checkpoints)
+from ovkit.engine import guards  # (ovkit.engine registers the hooks the runtime bases name)
+from ovkit.engine.errors import exit_on_user_error
+from ovkit.tools.preflight import checked_cfg
 
 
 def parse_args(argv=None):
@@ -27,6 +30,9 @@ def parse_args(argv=None):
     parser.add_argument('--wait-time', type=float, default=2, help='--show interval (s)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
+    parser.add_argument('--allow-partial', action='store_true',
+                        help='evaluate a checkpoint that fits the model only in part (missing, '
+                        'extra or reshaped weights); refused without it')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -69,13 +75,18 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_cfg(args)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    if args.out is not None:
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError(f'--out {args.out}: the output file must be a .pkl file')
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    metrics = runner.test()
+    # Inputs checked before anything starts; errors of ovkit.engine print one line, once.
+    with exit_on_user_error():
+        cfg = checked_cfg('test', args, build_cfg)
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        if args.out is not None:
+            if not args.out.endswith(('.pkl', '.pickle')):
+                raise ValueError(f'--out {args.out}: the output file must be a .pkl file')
+            runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+        # Checkpoint fit (unless --allow-partial), annotation sanity, skipped samples.
+        guards.install(runner, 'test', checkpoint=args.checkpoint,
+                       allow_partial=args.allow_partial)
+        metrics = runner.test()
     return metrics
 
 

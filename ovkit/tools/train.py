@@ -18,6 +18,14 @@ from mmengine.runner import Runner
 
 import ovkit  # noqa: F401  (applies ovkit.compat before mmengine builds anything)
 
+# ovkit.engine registers the hooks the runtime bases name (exact resume, atomic checkpoints,
+# skipped samples, non-finite loss).
+from ovkit.engine import guards, process
+from ovkit.engine.checkpoint import check_last_checkpoint, check_resume_checkpoint
+from ovkit.engine.errors import exit_on_user_error
+from ovkit.engine.preflight import RESUME_AUTO, RESUME_LAST
+from ovkit.tools.preflight import checked_cfg
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model')
@@ -27,9 +35,10 @@ def parse_args(argv=None):
                         help='automatic mixed precision (fp16 on CUDA; bf16 autocast on CPU)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual total batch size')
-    parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from CKPT, or from the latest checkpoint in the work '
-                        'dir when no CKPT is given')
+    parser.add_argument('--resume', nargs='?', type=str, const=RESUME_LAST,
+                        help='resume from CKPT; without CKPT from the work dir\'s last '
+                        'checkpoint, which must exist; "--resume auto": from it when there is '
+                        'one, else start a new run')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. train_cfg.max_iters=10')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -77,29 +86,36 @@ def build_cfg(args):
         else:
             raise RuntimeError(f'{args.config} has no auto_scale_lr.base_batch_size, which '
                                '--auto-scale-lr needs; add it to the config.')
-    if args.resume == 'auto':
+    if args.resume in (RESUME_LAST, RESUME_AUTO):  # the preflight tells them apart
         cfg.resume = True
         cfg.load_from = None
+        check_last_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         if '://' not in args.resume and not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint file')
+        check_resume_checkpoint(args.resume)
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg
 
 
 def main(argv=None):
+    if process.is_launched_worker():
+        process.set_parent_death_signal()  # a killed launcher takes its workers along
     args = parse_args(argv)
-    cfg = build_cfg(args)
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
-    if runner.distributed:
-        import torch.distributed as dist
-        runner.logger.info(f'distributed run: world size {runner.world_size}, '
-                           f'backend {dist.get_backend()}')
-    runner.train()
+    # Inputs checked before anything starts; errors of ovkit.engine print one line, once.
+    with exit_on_user_error():
+        cfg = checked_cfg('train', args, build_cfg)
+        if 'runner_type' not in cfg:
+            runner = Runner.from_cfg(cfg)
+        else:
+            runner = RUNNERS.build(cfg)
+        if runner.distributed:
+            import torch.distributed as dist
+            runner.logger.info(f'distributed run: world size {runner.world_size}, '
+                               f'backend {dist.get_backend()}')
+        guards.install(runner)  # annotation sanity + skipped samples as datasets are built
+        runner.train()
 
 
 if __name__ == '__main__':

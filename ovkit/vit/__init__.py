@@ -3,6 +3,8 @@
 Importing this package registers ``OVKitViT``, ``OVKitViTClsHead`` (models) and ``OVKitValLoss``
 (metric) in mmpretrain.
 """
+import ovkit.engine  # noqa: F401  (the runtime bases' ExactResumeHook, AtomicCheckpointHook)
+
 from .backbone import ARCHS, OUT_TYPES, OVKitViT, vit_flops
 from .build import build_model, model_config
 from .head import OVKitViTClsHead

@@ -1,4 +1,4 @@
-"""PaddleVideoDataset: lists with or without the suffix, clear errors, counted skips."""
+"""PaddleVideoDataset: lists with or without the suffix, clear errors, skips (shared)."""
 import pytest
 
 from ovkit.pptsm.dataset import PaddleVideoDataset
@@ -28,15 +28,25 @@ def test_suffix_is_added_only_where_missing(tmp_path):
     assert [ds.get_data_info(i)['label'] for i in range(2)] == [0, 1]
 
 
-def test_failures_are_skipped_and_counted(tmp_path):
+def test_failures_are_skipped_by_the_shared_mechanism(tmp_path):
+    """ovkit.engine wraps the pipeline as tools/train.py does: a bad video draws another."""
+    from ovkit.engine.skips import SKIP_KEY, TooManyBadSamplesError, protect
     ds = make(tmp_path, ['bad1 0', 'good 1', 'bad2 2'])
+    protect(ds)
+    records = []
     for _ in range(20):
-        assert 'good' in ds[0]['filename']  # a bad sample draws another
-    assert ds.num_skipped >= 20
+        sample = ds[0]
+        assert 'good' in sample['filename']  # a bad sample draws another
+        records += [r for r in sample[SKIP_KEY].split('\n') if r]
+    assert len(records) >= 20 and all('ValueError' in r and 'cannot decode' in r
+                                      for r in records)
     test = make(tmp_path, ['good 0', 'bad 1', 'good2 2'], test_mode=True)
-    assert test[1]['filename'].endswith('good2.avi') and test.num_skipped == 1
-    hopeless = make(tmp_path, ['bad 0'], max_skips=3)
-    with pytest.raises(RuntimeError, match='4 videos in a row failed'):
+    protect(test)
+    stand_in = test[1]  # the next video stands in, marked to be left out of the metrics
+    assert stand_in['filename'].endswith('good2.avi') and 'bad.avi' in stand_in[SKIP_KEY]
+    hopeless = make(tmp_path, ['bad 0'])
+    protect(hopeless, max_consecutive=4)
+    with pytest.raises(TooManyBadSamplesError, match='4 samples in a row failed'):
         hopeless[0]
 
 

@@ -36,8 +36,10 @@ def ws(tmp_path_factory):
 
 def _train(ws, config, name):
     work = ws / 'work_dirs' / name
+    # One corrupt video among 97 is just over ovkit.engine's default 1% limit.
     out = run_cmd(['bash', osp.join(REPO, 'tools', 'dist_train.sh'), config, '2',
-                   '--work-dir', str(work)], cwd=ws, env=ENV)
+                   '--work-dir', str(work), '--cfg-options',
+                   'default_hooks.bad_samples.max_skip_ratio=0.05'], cwd=ws, env=ENV)
     return work, out
 
 
@@ -58,9 +60,10 @@ def test_two_process_training_skips_and_counts_the_corrupt_video(trained):
     work, out = trained
     assert 'world size 2' in out
     assert (work / 'epoch_24.pth').exists()
-    counts = [int(n) for n in re.findall(r'epoch \d+: skipped (\d+) unreadable', out)]
-    assert len(counts) == 24 and all(c >= 1 for c in counts), counts
-    assert 'broken.avi' in out  # the warning names the file
+    # ovkit.engine's per-epoch line, summed over both processes
+    lines = re.findall(r'skipped (\d+) of \d+ training samples this epoch .*', out)
+    assert len(lines) == 24, out[-3000:]
+    assert all('broken.avi' in line for line in re.findall(r'skipped \d+ of .*', out))
     losses = [float(v) for v in re.findall(r'\bloss: ([0-9.]+)', out)]
     assert losses[-1] < losses[0]
     assert 'precise BN: updated' in out
