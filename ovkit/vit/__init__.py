@@ -5,6 +5,7 @@ Importing this package registers ``OVKitViT``, ``OVKitViTClsHead`` (models) and 
 """
 import ovkit.engine  # noqa: F401  (the runtime bases' ExactResumeHook, AtomicCheckpointHook)
 
+from . import inputs  # noqa: F401  (the files ViT configs read, declared for the preflight)
 from .backbone import ARCHS, OUT_TYPES, OVKitViT, vit_flops
 from .build import build_model, model_config
 from .head import OVKitViTClsHead

@@ -71,11 +71,15 @@ def folder_classes(data_root: str, split: str = 'train', required: bool = True,
         data_root: folder holding ``<split>/<class>/<image>``.
         split: sub-folder whose children are the classes.
         required: raise when the folder is absent; False returns None (a config read where the
-            data is not, e.g. to inspect it; building its model then fails with the reason).
+            data is not, e.g. to predict; the preflight of a training or test then names the
+            missing folder and how to fill it).
         val_split: sub-folder checked to have the same classes (None: not checked).
     """
     root = osp.join(data_root, split)
     if not osp.isdir(root) and not required:
+        from .inputs import declare_image_folder  # the preflight's message says how to fix it
+        declare_image_folder(data_root, 'edit data_root in the config, or run with DATA_ROOT='
+                             '/path/to/folder where the config reads {{$DATA_ROOT:...}}')
         return None
     layout = (f'Put images as {data_root}/{split}/<class name>/<image>.jpg and '
               f'{data_root}/{val_split or "val"}/<class name>/<image>.jpg')

@@ -22,12 +22,19 @@ def test_benchmark_quick_every_variant():
             block).groups())
         assert logit_diff < 1e-5 and grad_diff < 1e-5, block
         assert re.search(r'full-size vit_\w+: \d+ tensors, names and shapes match', block), block
-        compiled = re.search(r'compiled \(eager\) vs eager: (.*)', block).group(1)
-        assert all(float(v) < 1e-5 for v in re.findall(r'= (\S+?)[,;]?(?: |$)', compiled))
-        for side in ('timm', 'ovkit'):
-            for mode in ('eager', 'compile'):
+        modes = ['eager']
+        if block.startswith('B/16 ') or block.startswith('\nViT-B/16 '):
+            # dynamo captured both models; compiled numbers equal eager ones
+            compiled = re.search(r'compiled \(eager\) vs eager: (.*)', block).group(1)
+            diffs = [float(v) for v in re.findall(r'= (\S+?)[,;]?(?: |$)', compiled)]
+            assert len(diffs) == 4 and max(diffs) < 1e-5, compiled
+            modes.append('compile')
+        else:
+            assert 'compile: not run (--quick captures B/16 only)' in block, block
+        for mode in modes:
+            for side in ('timm', 'ovkit'):
                 assert re.search(rf'^{side}\s+{mode}\s+\d', block, re.M), block
-        for mode in ('eager', 'compile'):
             assert re.search(rf'ratio ovkit/timm \({mode}\): \d+\.\d+x', block), block
     assert re.search(r'large matmul: \d+\.\d+ TFLOP/s', out), out
-    assert re.search(r'^H/14(\s+\d+\.\d+){6}$', out, re.M), out  # the summary table
+    assert re.search(r'^B/16(\s+\d+\.\d+){6}$', out, re.M), out  # the summary table
+    assert re.search(r'^H/14(\s+\d+\.\d+){3}(\s+-){3}$', out, re.M), out
