@@ -15,7 +15,7 @@ from .classes import SHAPE_CLASSES
 from .draw import PALETTE, background, draw_shape
 
 
-def make_imagefolder_shapes(root, per_class_train=8, per_class_val=4, size=64, seed=0):
+def make_imagefolder_shapes(root, per_class_train=40, per_class_val=8, size=64, seed=0):
     """Write an ImageFolder tree ``root/{train,val}/<class>/*.png``, one centred shape each.
 
     Args:
@@ -42,7 +42,7 @@ def make_imagefolder_shapes(root, per_class_train=8, per_class_val=4, size=64, s
     return root
 
 
-def write(out_dir, seed=0, per_class_train=8, per_class_val=4, size=64):
+def write(out_dir, seed=0, per_class_train=40, per_class_val=8, size=64):
     """Writer entry of :data:`ovkit.shapes.WRITERS`: the tree under ``out_dir/imagefolder``.
 
     Args:

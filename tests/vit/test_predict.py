@@ -13,7 +13,7 @@ from tests.conftest import REPO
 from .common import perturb, single_thread
 
 IMAGENET_CFGS = ['vit-base-p16_64xb64_in1k.py', 'vit-base-p16_augreg-in21k-ft_in1k.py']
-NANO_CFG = osp.join(REPO, 'configs', 'vit', 'vit-nano-p4_12e_shapes-imagefolder.py')
+NANO_CFG = osp.join(REPO, 'configs', 'vit', 'vit-nano-p8_40e_shapes-imagefolder.py')
 
 
 @pytest.fixture(autouse=True, scope='module')
