@@ -30,6 +30,7 @@ import json
 from dataclasses import dataclass
 
 from .common import finite as _finite
+from .common import make_console
 from .common import row_label as _label
 from .metrics import FP16_MAX, higher_is_better
 
@@ -380,9 +381,8 @@ def save_advice(advice, path):
 
 
 def print_advice(advice, console=None):
-    from rich.console import Console
     from rich.panel import Panel
-    console = console or Console()
+    console = console or make_console()
     colours = dict(error='red', warning='yellow', info='green')
     lines = []
     for f in advice['findings']:

@@ -11,23 +11,28 @@ each other one into ``DIR/report/{first}_vs_{other}`` (CSV, report.html, PNGs, a
 ``--isolate`` dumps the reference with module inputs and runs every module of the other
 settings on them too (error attribution). ``suggest-fp32`` does that for one low-precision
 setting and then searches the modules to keep in float32 (``DIR/keep_fp32.py``). Exit status:
-0, 1 on bad input (the message says what to fix), 3 with ``--strict`` when the advisor
-reports an error.
+0; 2 on a bad argument (a missing path, an unknown setting or metric, flags that do not go
+together: checked before any work, one ``error:`` line naming the argument and the fix); 1 on
+bad input found while working (the message says what to fix); 3 with ``--strict`` when the
+advisor reports an error.
 """
 import argparse
+import math
 import os.path as osp
 import sys
 
+from .common import DEFAULT_MAX_PASSES
 from .manifest import AccuracyError
 
-EXAMPLES = """examples:
+EXAMPLES = """examples (shapes data: python tools/data/make_shapes.py --out data/shapes):
   %(prog)s dump configs/shapes/faster_rcnn_tiny.py work_dirs/x/iter_20.pth \\
-      --input data/shapes/coco/val/000000.png --setting bf16 --out dumps/bf16
+      --input data/shapes/coco/val/100000.png --setting bf16 --out dumps/bf16
   %(prog)s compare dumps/fp32 dumps/bf16 --out report --threshold 0.999
-  %(prog)s run configs/shapes/faster_rcnn_tiny.py none --input img.png --settings fp32,bf16,fp16
+  %(prog)s run configs/shapes/faster_rcnn_tiny.py --input data/shapes/coco/val/100000.png \\
+      --settings fp32,bf16,fp16 --isolate --out work_dirs/acc_det
+  %(prog)s suggest-fp32 configs/pptsm/pptsm_tiny-r18_2xb4-1x1x8-24e_shapes-video.py \\
+      --input data/shapes/video/videos/grow/grow_val_000.avi --setting fp16 --out work_dirs/fix
   %(prog)s run mmpretrain::resnet/resnet18_8xb32_in1k.py --input img.png --isolate --out acc
-  %(prog)s suggest-fp32 configs/shapes/faster_rcnn_tiny.py --input img.png --setting fp16 \\
-      --out work_dirs/fp32_fix
 """
 
 
@@ -129,10 +134,134 @@ def build_parser():
     _add_dump_args(f, many=False)
     f.add_argument('--out', required=True, help='output directory (dumps/, report/, '
                                                 'keep_fp32.py, suggest_fp32.json)')
+    f.add_argument('--max-passes', type=_max_passes, default=DEFAULT_MAX_PASSES,
+                   help='forward passes the search may take; when they run out it returns '
+                        'the smallest passing set found so far, maybe whole blocks '
+                        f'(default {DEFAULT_MAX_PASSES}; 0: no cap)')
     _add_compare_args(f)
     for p in (d, c, r, f):
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    parser.commands = dict(dump=d, compare=c, run=r)
+    parser.commands['suggest-fp32'] = f
     return parser
+
+
+def _max_passes(text):
+    n = int(text)
+    if n != 0 and n < 2:
+        raise argparse.ArgumentTypeError(f'{text}: the search needs at least 2 passes (the '
+                                         'setting alone, then every block in float32); 0: no cap')
+    return n or None
+
+
+# (low, high) a threshold on the metric can take; other metrics: any real number
+_THRESHOLD_RANGES = {'cosine_similarity': (-1.0, 1.0), 'error_ratio_1e-3': (0.0, 1.0),
+                     'error_ratio_5e-3': (0.0, 1.0), 'sqnr_db': (-math.inf, math.inf)}
+
+
+def _check_metric(sub, args):
+    """An unknown ``--metric`` or a threshold out of its range is a usage error."""
+    import importlib
+
+    from .metrics import BUILTIN_METRICS, higher_is_better, metric_names
+    try:
+        for name in args.metric_plugin:
+            importlib.import_module(name)
+    except ImportError as e:
+        sub.error(f'argument --metric-plugin: cannot import {e.name!r} ({e}); pass an '
+                  'importable module name (on PYTHONPATH)')
+    try:
+        higher_is_better(args.metric)
+    except AccuracyError:
+        sub.error(f'argument --metric: unknown metric {args.metric!r}; choose one of '
+                  f'{", ".join(metric_names())} (or register one with --metric-plugin)')
+    if args.command == 'suggest-fp32' and args.metric not in BUILTIN_METRICS:
+        sub.error(f'argument --metric: {args.metric!r} cannot judge the search passes; choose '
+                  f'one of {", ".join(BUILTIN_METRICS)}')
+    low, high = _THRESHOLD_RANGES.get(args.metric, (0.0, math.inf))
+    if args.metric not in BUILTIN_METRICS:
+        low = -math.inf  # a plug-in metric: any number
+    if math.isnan(args.threshold) or not low <= args.threshold <= high:
+        sub.error(f'argument --threshold: {args.threshold:g} is out of range for '
+                  f'{args.metric} ([{low:g}, {high:g}])')
+    for flag in ('workers', 'chunk', 'top', 'top_n'):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            sub.error(f'argument --{flag.replace("_", "-")}: {v} must be at least 1')
+
+
+def _setting(sub, flag, name):
+    from .capture import _ALIASES, SETTINGS, parse_setting
+    key = str(name).strip().lower()
+    if _ALIASES.get(key, key) not in SETTINGS:
+        sub.error(f'argument {flag}: unknown setting {name!r}; choose one of '
+                  f'{", ".join(SETTINGS)}')
+    try:
+        return parse_setting(name)
+    except AccuracyError as e:  # a CUDA setting without a GPU
+        sub.error(f'argument {flag}: {e}')
+
+
+def _check_path(sub, flag, path, what, fix, is_dir=False):
+    if not osp.exists(path):
+        sub.error(f'argument {flag}: {path} does not exist; {fix}')
+    if is_dir and not osp.isdir(path):
+        sub.error(f'argument {flag}: {path} is a file, not {what}; {fix}')
+    if not is_dir and osp.isdir(path):
+        sub.error(f'argument {flag}: {path} is a directory, not {what}; {fix}')
+
+
+def _check_args(parser, args):
+    """Fail at once (usage error, exit status 2, one ``error:`` line naming the argument and
+    the fix) on a bad path, an unknown setting, a bad metric or threshold, or flags that do
+    not go together, before any model is built or any dump read."""
+    import re
+    sub = parser.commands[args.command]
+    settings = []
+    if args.command != 'dump':
+        _check_metric(sub, args)
+    if args.command == 'dump':
+        settings = [_setting(sub, '--setting', args.setting or 'fp32')]
+        if args.isolate:
+            _check_path(sub, '--isolate', args.isolate, 'a dump directory',
+                        'pass the reference dumped with --dump-inputs', is_dir=True)
+    elif args.command == 'run':
+        names = [n for n in args.settings.split(',') if n.strip()]
+        settings = [_setting(sub, '--settings', n) for n in names]
+        if len(settings) < 2:
+            sub.error(f'argument --settings: {args.settings!r} names one setting; give at least '
+                      'two, the reference first (e.g. fp32,bf16)')
+        if len({s.name for s in settings}) < len(settings):
+            sub.error(f'argument --settings: {args.settings!r} names a setting twice')
+    elif args.command == 'suggest-fp32':
+        s = _setting(sub, '--setting', args.setting or 'fp16')
+        settings = [s]
+        if s.backend != 'torch' or not s.autocast_dtype:
+            sub.error(f'argument --setting: suggest-fp32 searches under a low-precision torch '
+                      f'setting; {s.name!r} is not one: pass fp16, bf16, cuda-fp16 or cuda-bf16')
+    if getattr(args, 'mode', None) == 'predict' and any(x.backend != 'torch' for x in settings):
+        sub.error('argument --mode: predict cannot be exported to ONNX (detector heads call '
+                  'mmcv ops); pass --mode tensor or --mode feat with onnx')
+    if args.command == 'compare':
+        for flag, path in (('dir_a', args.dir_a), ('dir_b', args.dir_b)):
+            _check_path(sub, flag, path, 'a dump directory', 'pass a folder written by '
+                        '`compare_accuracy.py dump ... --out DIR`', is_dir=True)
+    else:
+        if '::' not in args.config:
+            _check_path(sub, 'config', args.config, 'a config file',
+                        'pass a config such as configs/shapes/faster_rcnn_tiny.py or a '
+                        'packaged one such as mmpretrain::resnet/resnet18_8xb32_in1k.py')
+        if args.checkpoint and args.checkpoint.lower() != 'none':
+            _check_path(sub, 'checkpoint', args.checkpoint, 'a checkpoint',
+                        'pass a .pth written by training, or omit it for seeded random weights')
+        _check_path(sub, '--input', args.input, 'an input file', 'pass an image, a video or '
+                    'a saved preprocessed tensor (.npy, .pt)')
+        for flag in ('include', 'exclude'):
+            try:
+                re.compile(getattr(args, flag) or '')
+            except re.error as e:
+                sub.error(f'argument --{flag}: {getattr(args, flag)!r} is not a valid regular '
+                          f'expression ({e})')
 
 
 def _cfg_options(items):
@@ -169,9 +298,11 @@ def _dump_kwargs(args):
 
 
 def main(argv=None):
-    from rich.console import Console
-    args = build_parser().parse_args(argv)
-    console = Console()
+    from .common import make_console
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    console = make_console()
     try:
         if args.command == 'dump':
             from .openmmlab import dump_config
@@ -250,7 +381,7 @@ def _suggest(args, console):
                              forward=make_forward(samples, mode), metric=args.metric,
                              threshold=args.threshold, skip=('data_preprocessor',),
                              seed=args.seed, meta=meta, progress=not args.no_progress,
-                             workers=args.workers)
+                             workers=args.workers, max_passes=args.max_passes)
     finding = fix_finding(found)
     paths = _write(args, found['result'], osp.join(args.out, 'report'), console, [finding])
     with open(osp.join(args.out, 'suggest_fp32.json'), 'w') as f:

@@ -1,5 +1,9 @@
 """Small helpers shared by every part of the package (no torch, no numpy): one copy each."""
 import math
+import os
+
+LOG_WIDTH = 160  # columns of tables and panels when the output is a file or a pipe
+DEFAULT_MAX_PASSES = 32  # forward passes suggest-fp32's search may take
 
 
 def finite(v):
@@ -38,3 +42,22 @@ def progress(enabled, total, description, transfer=False):
     prog = Progress(TextColumn('[bold]{task.description}'), BarColumn(), *columns,
                     disable=not enabled)
     return prog, prog.add_task(description, total=total)
+
+
+def make_console(quiet=False, file=None):
+    """A rich console that never wraps a printed line to fit a terminal width.
+
+    ``soft_wrap`` keeps every plain ``print`` on one line (file paths stay copyable, log
+    lines stay greppable). When the output is not a terminal (a log file, a pipe, CI), rich
+    would lay tables and panels out for 80 columns; they get :data:`LOG_WIDTH` instead,
+    unless ``COLUMNS`` says otherwise.
+
+    Args:
+        quiet: print nothing.
+        file: stream to write to (default: ``sys.stdout`` at print time).
+    """
+    from rich.console import Console
+    console = Console(quiet=quiet, file=file, soft_wrap=True)
+    if not console.is_terminal and not os.environ.get('COLUMNS'):
+        console.width = LOG_WIDTH
+    return console

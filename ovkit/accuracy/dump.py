@@ -123,7 +123,11 @@ class Isolator:
         self.skipped = {}
 
     def _load(self, entry):
-        t = torch.from_numpy(np.load(self.ref.file_path(entry), allow_pickle=False))
+        # memory-mapped copy-on-write: pages are read from the page cache as the module
+        # touches them, never copied up front; an in-place module (ReLU(inplace=True))
+        # writes private copies of the pages it changes, never the reference's file
+        t = torch.from_numpy(np.load(self.ref.file_path(entry), mmap_mode='c',
+                                     allow_pickle=False))
         dtype = getattr(torch, entry.dtype.replace('torch.', ''), None)
         if isinstance(dtype, torch.dtype) and dtype != t.dtype:
             t = t.to(dtype)  # bfloat16 is saved as float32

@@ -9,6 +9,7 @@ import os
 import os.path as osp
 
 from .common import finite as _finite
+from .common import make_console
 from .common import row_label as _label
 from .compare import worst_rows
 from .elements import tensor_detail
@@ -69,9 +70,8 @@ def is_bad(value, metric, threshold):
 
 def print_table(result, metric='cosine_similarity', top=20, threshold=None, console=None):
     """The ``top`` worst tensors by ``metric`` as a rich table, then rows not compared."""
-    from rich.console import Console
     from rich.table import Table
-    console = console or Console()
+    console = console or make_console()
     rows = worst_rows(result, metric, top)
     title = (f'{len(rows)} worst of {len(result.rows)} tensors by {metric}: '
              f'{result.dump_a.setting} (A) vs {result.dump_b.setting} (B)')
@@ -232,9 +232,8 @@ def write_tensor_detail(detail, out_dir, setting_a='A', setting_b='B', plot=True
 
 
 def print_tensor_detail(detail, console=None):
-    from rich.console import Console
     from rich.table import Table
-    console = console or Console()
+    console = console or make_console()
     table = Table(title=f'top {len(detail["top"])} elements of {_label(detail["row"])} by '
                         f'{detail["by"]} error')
     for c in ('rank', 'index', 'a', 'b', 'abs error', 'rel error'):
@@ -290,8 +289,7 @@ def write_report(result, out_dir, metric='cosine_similarity', threshold=None,
     higher_is_better(metric)  # unknown metric: fail before writing anything
     os.makedirs(out_dir, exist_ok=True)
     if console is None:
-        from rich.console import Console
-        console = Console(quiet=quiet)
+        console = make_console(quiet)
     paths = dict(csv=write_csv(result, osp.join(out_dir, 'compare.csv')))
     advice = advise(result, metric, threshold, input_threshold, fp16_max)
     advice['findings'].extend(extra_findings)
@@ -320,5 +318,5 @@ def write_report(result, out_dir, metric='cosine_similarity', threshold=None,
                             f'({row.get("reason")}); pick a compared tensor')
     paths['advice'] = advice
     console.print(f'report written to {out_dir}: ' + ', '.join(
-        osp.basename(p) for k, p in paths.items() if k != 'advice' and p))
+        osp.basename(p) for k, p in paths.items() if k != 'advice' and p), markup=False)
     return paths

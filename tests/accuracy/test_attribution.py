@@ -83,6 +83,39 @@ def test_lossy_layer_is_found_and_later_layers_only_inherit(x, tmp_path):
     assert src['modules'] == ['fc2'] and src['severity'] == 'error'
 
 
+def test_attribution_costs_one_extra_call_per_module_and_maps_the_inputs(x, tmp_path,
+                                                                        monkeypatch):
+    """With isolate_from every leaf runs exactly twice (one extra forward pass, no more);
+    the recorded inputs are memory-mapped from the reference's files, not read into copies,
+    and an in-place module fed them leaves those files untouched."""
+    from ovkit.accuracy import dump as dump_mod
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(inplace=True), nn.Linear(32, 8)).eval()
+    calls = {}
+    for n, m in model.named_children():
+        m.register_forward_pre_hook(lambda *_, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
+    ref = dump_module(model, x, str(tmp_path / 'a'), 'fp32', dump_inputs=True)
+    assert calls == {'0': 1, '1': 1, '2': 1}
+    files = {e.file: open(ref.file_path(e), 'rb').read() for e in ref.entries}
+    mapped = []
+    load = dump_mod.Isolator._load
+
+    def spy(self, entry):
+        t = load(self, entry)
+        with open('/proc/self/maps') as f:  # the file is mapped while the tensor lives
+            mapped.append(self.ref.file_path(entry) in f.read())
+        return t
+
+    monkeypatch.setattr(dump_mod.Isolator, '_load', spy)
+    calls.clear()
+    b = dump_module(model, x, str(tmp_path / 'b'), 'bf16', isolate_from=ref)
+    assert calls == {'0': 2, '1': 2, '2': 2}
+    assert b.meta['isolation']['calls'] == 3 and mapped == [True] * 3
+    assert {e.file: open(ref.file_path(e), 'rb').read() for e in ref.entries} == files
+    relu = next(e for e in b.entries if e.name == '1' and e.kind == 'isolated')
+    np.testing.assert_array_equal(np.load(b.file_path(relu)),
+                                  np.maximum(recorded_input(ref, '1').numpy(), 0))
+
+
 @pytest.mark.parametrize('setting,dtype', [('fp16', torch.float16), ('bf16', torch.bfloat16)])
 def test_autocast_isolation_matches_a_direct_autocast_call(x, tmp_path, setting, dtype):
     """Under CPU autocast: a Linear's own error is its low-precision matmul, equal to calling

@@ -67,12 +67,9 @@ def test_compare_options(dumps):
 
 
 @pytest.mark.parametrize('args,message', [
-    (['compare', '{d}/nope', '{d}/fp16'], 'does not exist'),
     (['compare', '{d}/empty', '{d}/fp16'], 'is empty'),
     (['compare', '{d}/fp32', '{d}/fp16', '--range', 'x'], '--range'),
-    (['compare', '{d}/fp32', '{d}/fp16', '--metric', 'accuracy'], 'unknown metric'),
     (['compare', '{d}/fp32', '{d}/fp16', '--tensor', 'nothing'], 'matches no tensor'),
-    (['dump', '{d}/missing.py', '--input', 'x.png', '--out', '{d}/o'], 'config'),
 ])
 def test_bad_input_messages(dumps, capsys, args, message):
     (dumps / 'empty').mkdir()
@@ -104,3 +101,82 @@ def test_compare_shows_isolated_and_propagated(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert 'own cos' in printed and 'error_sources' in printed
     assert (out / 'report.html').exists()
+
+
+def test_log_lines_are_never_wrapped(dumps, capsys, monkeypatch):
+    """Written to a file or a pipe (not a terminal), a long line stays one line: rich would
+    otherwise wrap it at 80 columns, splitting paths and the words tests and users grep."""
+    monkeypatch.delenv('COLUMNS', raising=False)
+    out = dumps / ('a_report_folder_with_a_long_name_' * 4)
+    assert main(['compare', str(dumps / 'fp32'), str(dumps / 'fp16'), '--out', str(out),
+                 '--no-progress', '--no-plots']) == 0
+    printed = capsys.readouterr().out
+    assert len(str(out)) > 130
+    assert (f'report written to {out}: compare.csv, advice.json, report.html, '
+            'tensor_conv2_0_.top20_abs.csv\n') in printed
+
+
+@pytest.mark.parametrize('args,message', [
+    (['compare', 'A', 'B', '--metric', 'accuracy'], '--metric: unknown metric'),
+    (['run', 'cfg.py', '--input', 'x.png', '--metric', 'cosine'], '--metric: unknown metric'),
+    (['suggest-fp32', 'cfg.py', '--input', 'x.png', '--metric', 'accuracy'],
+     '--metric: unknown metric'),
+    (['suggest-fp32', 'cfg.py', '--input', 'x.png', '--metric', 'mean_a'],
+     'cannot judge the search'),
+    (['suggest-fp32', 'cfg.py', '--input', 'x.png', '--threshold', '1.5'],
+     '--threshold: 1.5 is out of range for cosine_similarity'),
+    (['compare', 'A', 'B', '--metric', 'error_ratio_5e-3', '--threshold', '5'],
+     'out of range for error_ratio_5e-3'),
+    (['compare', 'A', 'B', '--metric', 'max_absolute_error', '--threshold', '-1'],
+     'out of range'),
+    (['compare', 'A', 'B', '--threshold', 'nan'], 'out of range'),
+    (['suggest-fp32', 'cfg.py', '--input', 'x.png', '--max-passes', '1'], 'at least 2 passes'),
+    (['compare', 'A', 'B', '--metric-plugin', 'no_such_module_xyz'], 'cannot import'),
+    (['compare', 'A', 'B', '--workers', '0'], '--workers: 0 must be at least 1'),
+    (['run', 'cfg.py', '--input', 'x.png', '--settings', 'fp32,fp8'],
+     "--settings: unknown setting 'fp8'; choose one of fp32, fp16"),
+    (['run', 'cfg.py', '--input', 'x.png', '--settings', 'fp32'], 'give at least two'),
+    (['run', 'cfg.py', '--input', 'x.png', '--settings', 'fp32,bf16,bfloat16'], 'twice'),
+    (['dump', 'cfg.py', '--input', 'x.png', '--setting', 'int8'], "unknown setting 'int8'"),
+    (['suggest-fp32', 'cfg.py', '--input', 'x.png', '--setting', 'onnx'],
+     "'onnx' is not one: pass fp16, bf16"),
+    (['dump', 'cfg.py', '--input', 'x.png', '--setting', 'onnx', '--mode', 'predict'],
+     '--mode: predict cannot be exported to ONNX'),
+])
+def test_options_are_checked_before_any_work(tmp_path, capsys, args, message):
+    """A wrong --metric, --threshold, --max-passes or setting, or flags that do not go
+    together, are a usage error (status 2) at once: the config, input and dumps named are
+    never opened (they do not even exist here)."""
+    with pytest.raises(SystemExit) as e:
+        main(args + ['--out', str(tmp_path / 'o')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and 'usage:' in err
+    assert [ln for ln in err.splitlines() if 'error:' in ln] == [err.splitlines()[-1]]
+    assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.parametrize('args,message', [
+    (['compare', '{d}/nope', '{d}/fp16'], 'argument dir_a: {d}/nope does not exist; pass a '
+                                          'folder written by'),
+    (['compare', '{d}/fp32', '{d}/x.png'], 'argument dir_b: {d}/x.png is a file, not a dump'),
+    (['dump', '{d}/missing.py', '--input', '{d}/x.png'],
+     'argument config: {d}/missing.py does not exist; pass a config such as'),
+    (['run', '{d}/cfg.py', 'w.pth', '--input', '{d}/x.png'],
+     'argument checkpoint: w.pth does not exist; pass a .pth written by training, or omit'),
+    (['suggest-fp32', '{d}/cfg.py', '--input', '{d}/none.png'],
+     'argument --input: {d}/none.png does not exist; pass an image, a video or'),
+    (['dump', '{d}/cfg.py', '--input', '{d}/x.png', '--setting', 'bf16', '--isolate', '{d}/r'],
+     'argument --isolate: {d}/r does not exist; pass the reference dumped with --dump-inputs'),
+    (['dump', '{d}/cfg.py', '--input', '{d}/x.png', '--include', '(conv'],
+     "argument --include: '(conv' is not a valid regular expression"),
+])
+def test_bad_paths_name_the_argument_and_the_fix(dumps, capsys, args, message):
+    (dumps / 'cfg.py').write_text('x = 1\n')
+    (dumps / 'x.png').write_bytes(b'')
+    with pytest.raises(SystemExit) as e:
+        main([a.format(d=dumps) for a in args] + ['--out', str(dumps / 'o')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert message.format(d=dumps) in err[-1] and 'error:' in err[-1]
+    assert not (dumps / 'o').exists()

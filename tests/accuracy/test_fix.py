@@ -84,9 +84,10 @@ def test_the_model_overflows_exactly_twice(x):
     assert not torch.isfinite(run(m, x)).all()
 
 
-def test_search_bisects_then_prunes():
+def test_search_bisects_then_prunes_by_halves():
     """A check that passes iff both 'm2' and 'm9' are kept: the prefix search stops at 10,
-    pruning drops the other 8; 1 (none) + 1 (all) + 4 (bisection of 16) + 9 passes."""
+    pruning by halves drops the other 8 in 4 passes (one at a time took 9); 1 (none) + 4
+    (bisection of 16) + 4, no set tried twice."""
     ranking = [f'm{i}' for i in range(16)]
 
     class Check:
@@ -98,16 +99,127 @@ def test_search_bisects_then_prunes():
 
     check = Check()
     found = search_fp32(check, ranking)
-    assert found['modules'] == ['m2', 'm9'] and found['ok']
-    assert found['passes'] == 1 + 1 + 4 + 9 == len(found['trace'])
+    assert found['modules'] == ['m2', 'm9'] and found['ok'] and not found['capped']
+    # by hand: none; prefixes 8 (fails), 12, 10 (pass), 9 (fails); then without m0-m8 but m9
+    # (fails), without m4-m8 (passes), without m2-m8 (fails), m3 dropped, m0-m1 dropped
+    assert [len(t['modules']) for t in found['trace']] == [0, 8, 12, 10, 9, 1, 5, 3, 4, 2]
+    assert found['passes'] == 10 == len({frozenset(t['modules']) for t in found['trace']})
     # nothing to do / nothing helps
     assert search_fp32(type('C', (), {'passes': 0, '__call__': lambda s, n: (True, 1.0)})(),
                        ranking)['modules'] == []
     never = search_fp32(type('C', (), {'passes': 0, '__call__': lambda s, n: (False, 0.0)})(),
                         ranking)
-    assert never['modules'] is None and len(never['trace']) == 2
+    assert never['modules'] is None and len(never['trace']) == 1 + 4 + 1
     assert fix_finding(dict(never, ranking=ranking, metric='cosine_similarity', threshold=0.99,
                             forward_passes=5))['severity'] == 'error'
+
+
+# 4 stages x 2 blocks x 2 convs, named as a ResNet's modules are
+LEAVES = [f's{s}.b{b}.conv{c}' for s in range(1, 5) for b in range(2) for c in (1, 2)]
+
+
+class Covers:
+    """Passes iff every module of ``need`` runs in float32: it, or a block above it, is kept
+    (keep_fp32 on a block runs all of it in float32); ``own_code`` blocks pass only whole."""
+
+    def __init__(self, need, own_code=(), called=None):
+        self.need, self.own_code, self.called, self.passes = need, own_code, called, 0
+
+    def __call__(self, names):
+        self.passes += 1
+        if self.called is not None:
+            assert all(n in self.called or n in LEAVES for n in names), names
+
+        def kept(m):
+            return any(m == n or m.startswith(n + '.') for n in names)
+        return all(kept(m) for m in self.need) and all(
+            any(b == n or b.startswith(n + '.') for n in names) for b in self.own_code), 0.5
+
+
+def test_block_search_finds_the_modules_coarse_to_fine():
+    """Stages, then blocks, then convolutions: the two culprits are found although four
+    decoys of stage 1 have the largest own errors; the trace goes down the tree."""
+    ranking = ['s1.b0.conv1', 's1.b1.conv2'] + [n for n in LEAVES if n not in (
+        's1.b0.conv1', 's1.b1.conv2')]
+    energy = dict({n: 1.0 for n in LEAVES}, **{'s1.b0.conv1': 2.0, 's1.b1.conv2': 1.9})
+    check = Covers(['s2.b1.conv2', 's4.b0.conv1'])
+    found = search_fp32(check, ranking, energy)
+    assert found['modules'] == ['s2.b1.conv2', 's4.b0.conv1'] and not found['capped']
+    tried = [t['modules'] for t in found['trace']]
+    assert tried[1] == ['s1', 's2']  # stages by energy: s1 (5.9) first, then s2, s3, s4
+    assert ['s4', 's2'] in tried and ['s2.b1', 's4.b0'] in tried
+    # by hand: none; 3 prefixes; 4 to prune the stages; 3 + 1 + 2 + 2 down the blocks
+    assert found['passes'] == 16 == len({frozenset(t) for t in tried})
+    assert all(t['ok'] == check(t['modules'])[0] for t in found['trace'])
+
+
+def test_block_search_keeps_a_block_whose_own_code_needs_float32():
+    """A block whose forward (code between its modules) must run in float32 stays whole."""
+    check = Covers(['s3.b0.conv2'], own_code=['s3.b1'])
+    found = search_fp32(check, LEAVES)
+    assert found['modules'] == ['s3.b0.conv2', 's3.b1']
+
+
+def test_block_search_uses_only_called_blocks():
+    """Blocks the forward enters through another method (mmdet's roi_head.predict) cannot be
+    kept in float32 by replacing their forward: only called ones are tried."""
+    called = {n for leaf in LEAVES for n in (leaf.split('.')[0], leaf.rsplit('.', 1)[0])
+              if n != 's3'}
+    check = Covers(['s3.b1.conv1'], called=called)
+    found = search_fp32(check, LEAVES)
+    assert found['modules'] == ['s3.b1.conv1']
+    assert not any('s3' in t['modules'] for t in found['trace'])
+    assert found['trace'][-1]['modules'] == ['s3.b1.conv1']
+
+
+class ViaMethod(nn.Module):
+    """``head`` is entered through ``predict``, not ``head(...)`` (as mmdet's roi_head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 16), nn.Tanh())
+        self.head = nn.Module()
+        self.head.fc = nn.Linear(16, 4)
+        self.head.predict = lambda x: self.head.fc(x) * 2
+
+    def forward(self, x):
+        return self.head.predict(self.body(x))
+
+
+def test_output_check_records_the_modules_the_forward_calls(x, tmp_path):
+    from ovkit.accuracy.dump import dump_module
+    from ovkit.accuracy.fix import OutputCheck
+    model = ViaMethod().eval()
+    ref = dump_module(model, x, str(tmp_path / 'ref'), 'fp32')
+    check = OutputCheck(model, x, ref, 'fp16')
+    ok, worst = check([])
+    assert check.called == {'body', 'body.0', 'body.1', 'head.fc'} and check.passes == 1
+    assert ok and 0.99 < worst < 1  # fp16 rounding: close, not equal
+    assert check(['body', 'head.fc']) == (True, pytest.approx(1.0, abs=1e-12))
+    assert not any(h for m in model.modules() for h in m._forward_pre_hooks.values())
+
+
+def test_search_cap_returns_the_smallest_passing_set_found():
+    """At the cap the search stops with the passing set that keeps the fewest modules in
+    float32 so far, and says it was capped; with no passing set yet, it returns None."""
+    check = Covers(['s2.b1.conv2', 's4.b0.conv1'])
+    found = search_fp32(check, LEAVES, max_passes=9)
+    assert found['capped'] and found['passes'] == 9
+    assert check(found['modules'])[0]
+    passing = [t['modules'] for t in found['trace'] if t['ok']]
+    assert found['modules'] in passing and len(passing) > 1
+    size = {tuple(p): sum(any(m == n or m.startswith(n + '.') for n in p) for m in LEAVES)
+            for p in passing}
+    assert size[tuple(found['modules'])] == min(size.values()) < 16
+    finding = fix_finding(dict(found, ranking=LEAVES, metric='cosine_similarity',
+                               threshold=0.99, max_passes=9, forward_passes=12,
+                               snippet='x'))
+    assert 'cap of 9 passes' in finding['message']
+    early = search_fp32(Covers(['s4.b1.conv2']), LEAVES, max_passes=2)
+    assert early['modules'] is None and early['capped']
+    assert 'within 2 search passes' in fix_finding(dict(
+        early, ranking=LEAVES, metric='cosine_similarity', threshold=0.99, max_passes=2,
+        forward_passes=5))['message']
 
 
 def test_suggest_fp32_returns_the_two_layers_and_its_snippet_works(x, tmp_path):
