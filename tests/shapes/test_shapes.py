@@ -58,7 +58,7 @@ def test_coco_format_and_open_vocabulary_split(tmp_path):
 def test_imagefolder_tree(tmp_path):
     make_shapes(str(tmp_path), seed=0, kinds=['imagefolder'])
     assert not (tmp_path / 'coco').exists()  # only the kinds asked for
-    for split, n in (('train', 8), ('val', 4)):
+    for split, n in (('train', 40), ('val', 8)):  # the writer's defaults
         classes = sorted(os.listdir(tmp_path / 'imagefolder' / split))
         assert classes == sorted(SHAPE_CLASSES)
         for c in classes:
