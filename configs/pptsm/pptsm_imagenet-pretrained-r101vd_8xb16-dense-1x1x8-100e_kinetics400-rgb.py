@@ -5,7 +5,7 @@
 #       checkpoints/resnet101_vd_ssld.pth
 _base_ = './pptsm_imagenet-pretrained-r50vd_8xb16-dense-1x1x8-80e_kinetics400-rgb.py'
 
-pretrained_checkpoint = 'checkpoints/resnet101_vd_ssld.pth'  # converted ImageNet .pdparams
+pretrained_checkpoint = '{{$PRETRAINED:checkpoints/resnet101_vd_ssld.pth}}'  # converted
 model = dict(backbone=dict(depth=101, pretrained=pretrained_checkpoint))
 
 max_epochs = 100

@@ -8,7 +8,7 @@
 #       configs/pptsm/pptsm_imagenet-pretrained-r50vd_4xb16-1x1x8-80e_ucf101-rgb.py 4
 _base_ = './pptsm_k400-distill-pretrained-r50_1xb16-1x1x8-30e_ucf101-rgb.py'
 
-pretrained_checkpoint = 'checkpoints/resnet50_vd_ssld_v2.pth'  # converted ImageNet .pdparams
+pretrained_checkpoint = '{{$PRETRAINED:checkpoints/resnet50_vd_ssld_v2.pth}}'  # converted
 model = dict(backbone=dict(pretrained=pretrained_checkpoint,
                            act_cfg=dict(_delete_=True, type='ReLU', inplace=True)))
 

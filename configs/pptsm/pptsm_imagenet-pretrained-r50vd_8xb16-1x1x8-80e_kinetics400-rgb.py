@@ -11,14 +11,15 @@
 _base_ = './pptsm_k400-distill-pretrained-r50_1xb16-1x1x8-30e_ucf101-rgb.py'
 from ovkit.metadata import class_names as _shipped_class_names
 
-data_root = 'data/kinetics400'
+# Roots: DATA_ROOT / PRETRAINED in the environment, or here (see the UCF101 base config).
+data_root = '{{$DATA_ROOT:data/kinetics400}}'
 video_root = f'{data_root}/videos_train'
 video_root_val = f'{data_root}/videos_val'
 ann_file_train = f'{data_root}/kinetics400_train_list_videos.txt'
 ann_file_val = f'{data_root}/kinetics400_val_list_videos.txt'
 label_map = None
 class_names = _shipped_class_names('kinetics400_400.txt')
-pretrained_checkpoint = 'checkpoints/resnet50_vd_ssld_v2.pth'  # converted ImageNet .pdparams
+pretrained_checkpoint = '{{$PRETRAINED:checkpoints/resnet50_vd_ssld_v2.pth}}'  # converted
 video_suffix = ''
 
 num_classes = 400
@@ -28,11 +29,14 @@ model = dict(
     data_preprocessor=dict(blending=dict(num_classes=num_classes)))
 
 train_dataloader = dict(dataset=dict(ann_file=ann_file_train, suffix=video_suffix,
-                                     data_prefix=dict(video=video_root)))
+                                     data_prefix=dict(video=video_root),
+                                     num_classes=num_classes))
 val_dataloader = dict(dataset=dict(ann_file=ann_file_val, suffix=video_suffix,
-                                   data_prefix=dict(video=video_root_val)))
+                                   data_prefix=dict(video=video_root_val),
+                                   num_classes=num_classes))
 test_dataloader = dict(dataset=dict(ann_file=ann_file_val, suffix=video_suffix,
-                                    data_prefix=dict(video=video_root_val)))
+                                    data_prefix=dict(video=video_root_val),
+                                    num_classes=num_classes))
 
 max_epochs = 80
 train_cfg = dict(max_epochs=max_epochs)

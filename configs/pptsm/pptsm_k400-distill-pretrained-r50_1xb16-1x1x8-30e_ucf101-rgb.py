@@ -10,13 +10,17 @@ _base_ = ['../_base_/models/pptsm_r50.py', '../_base_/mmaction_runtime.py']
 
 custom_imports = dict(imports=['ovkit.pptsm'], allow_failed_imports=False)
 
-# ---- paths (override with --cfg-options; docs/pptsm.md shows the layout) -----------------
-data_root = 'data/ucf101'
+# ---- paths (docs/pptsm.md shows the layout) ----------------------------------------------
+# Set the roots in the environment (DATA_ROOT=/data/ucf101 PRETRAINED=/w/x.pth tools/...) or
+# here. The paths below are derived when the config is read, so `--cfg-options data_root=...`
+# would change nothing; override a single path by its own key instead, e.g.
+# train_dataloader.dataset.ann_file=... or model.backbone.pretrained=... (docs/pptsm.md).
+data_root = '{{$DATA_ROOT:data/ucf101}}'
 video_root = f'{data_root}/videos'  # <Class>/v_<Class>_gXX_cXX.avi
 ann_file_train = f'{data_root}/ucf101_train_split_1_videos.txt'  # "path label", '.avi' optional
 ann_file_val = f'{data_root}/ucf101_val_split_1_videos.txt'
 label_map = f'{data_root}/annotations/classInd.txt'  # class names for tools/video_infer.py
-pretrained_checkpoint = 'checkpoints/pptsm_k400_uniform_distill.pth'  # converted .pdparams
+pretrained_checkpoint = '{{$PRETRAINED:checkpoints/pptsm_k400_uniform_distill.pth}}'  # converted
 video_suffix = '.avi'
 
 num_classes = 101
@@ -52,17 +56,20 @@ train_dataloader = dict(
     batch_size=16, num_workers=8, persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(type='PaddleVideoDataset', ann_file=ann_file_train, suffix=video_suffix,
-                 data_prefix=dict(video=video_root), pipeline=train_pipeline))
+                 data_prefix=dict(video=video_root), pipeline=train_pipeline,
+                 num_classes=num_classes))
 val_dataloader = dict(
     batch_size=16, num_workers=8, persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(type='PaddleVideoDataset', ann_file=ann_file_val, suffix=video_suffix,
-                 data_prefix=dict(video=video_root), pipeline=val_pipeline, test_mode=True))
+                 data_prefix=dict(video=video_root), pipeline=val_pipeline, test_mode=True,
+                 num_classes=num_classes))
 test_dataloader = dict(
     batch_size=1, num_workers=8, persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(type='PaddleVideoDataset', ann_file=ann_file_val, suffix=video_suffix,
-                 data_prefix=dict(video=video_root), pipeline=test_pipeline, test_mode=True))
+                 data_prefix=dict(video=video_root), pipeline=test_pipeline, test_mode=True,
+                 num_classes=num_classes))
 val_evaluator = dict(type='AccMetric')
 test_evaluator = val_evaluator
 

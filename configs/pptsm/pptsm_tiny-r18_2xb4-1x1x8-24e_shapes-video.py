@@ -58,12 +58,14 @@ train_dataloader = dict(
     batch_size=4, num_workers=1, persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(type='PaddleVideoDataset', ann_file=ann_file_train, suffix='.avi',
-                 data_prefix=dict(video=video_root), pipeline=train_pipeline))
+                 data_prefix=dict(video=video_root), pipeline=train_pipeline,
+                 num_classes=num_classes))
 val_dataloader = dict(
     batch_size=8, num_workers=1, persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(type='PaddleVideoDataset', ann_file=ann_file_val, suffix='.avi',
-                 data_prefix=dict(video=video_root), pipeline=val_pipeline, test_mode=True))
+                 data_prefix=dict(video=video_root), pipeline=val_pipeline, test_mode=True,
+                 num_classes=num_classes))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='AccMetric')
 test_evaluator = val_evaluator

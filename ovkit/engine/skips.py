@@ -36,6 +36,7 @@ __all__ = ['SKIP_KEY', 'SkipBadSamples', 'SkipBadSamplesHook', 'SkippedSample',
            'TooManyBadSamplesError', 'protect', 'find_hook', 'leaf_datasets']
 
 SKIP_KEY = 'ovkit_skipped'  # in a sample dict: '\n'-joined records of skipped samples
+STATE_KEY = 'ovkit_bad_samples'  # in a checkpoint: the counts a resumed run continues
 PATH_KEYS = ('img_path', 'filename', 'frame_dir', 'video_path', 'file_name', 'img')
 
 
@@ -206,6 +207,32 @@ class SkipBadSamplesHook(Hook):
         self.total_drawn = self.total_skipped = 0
         self._eval_marks = []
         self._eval_records = []
+        self._loaded = None
+
+    # ------------------------------------------------------------------ resume
+    def before_save_checkpoint(self, runner, checkpoint):
+        # Every rank saves at the same iteration (CheckpointHook runs on all of them), so the
+        # counts not yet summed can be gathered here: a resumed run continues the same totals.
+        local = (self._epoch_drawn, self._epoch_skipped, self._epoch_records)
+        parts = all_gather_object(local) if get_dist_info()[1] > 1 else [local]
+        checkpoint[STATE_KEY] = dict(
+            iter=checkpoint.get('meta', {}).get('iter'),
+            total_drawn=self.total_drawn, total_skipped=self.total_skipped,
+            epoch_drawn=sum(p[0] for p in parts), epoch_skipped=sum(p[1] for p in parts),
+            epoch_records=list(dict.fromkeys(n for p in parts for n in p[2]))[:self.log_names])
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        self._loaded = checkpoint.get(STATE_KEY)
+
+    def before_train(self, runner):
+        # Only a resume continues the counts (``load_from`` starts a new run at iteration 0).
+        state, self._loaded = self._loaded, None
+        if not state or runner.iter == 0 or state.get('iter') != runner.iter:
+            return
+        self.total_drawn, self.total_skipped = state['total_drawn'], state['total_skipped']
+        if get_dist_info()[0] == 0:  # the sums over ranks stay right with one holder
+            self._epoch_drawn, self._epoch_skipped = state['epoch_drawn'], state['epoch_skipped']
+            self._epoch_records = list(state['epoch_records'])
 
     # ------------------------------------------------------------------ setup
     def before_run(self, runner):

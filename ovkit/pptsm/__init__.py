@@ -11,6 +11,7 @@ import ovkit.engine  # noqa: F401  (the runtime bases' ExactResumeHook, AtomicCh
 
 from .backbone import ResNetTweaksTSM
 from .dataset import PaddleVideoDataset
+from .inputs import pretrained_fix  # noqa: F401  (declares the preflight inputs)
 from .precise_bn import PaddlePreciseBNHook, update_bn_stats
 from .scheduler import PaddleWarmupCosineLR, paddle_warmup_cosine_lr
 from .shift import temporal_shift, temporal_shift_reference

@@ -4,8 +4,14 @@ Written by hand because mmaction2 has no equivalent: its ``ResNetTSM`` has the 7
 strided 1x1 shortcut, ReLU, a fixed 1/8 fold, the opposite shift directions and (R101) a shift
 in every second block only. Parameter names follow mmpretrain's ``ResNetV1d`` (``stem.k.conv``,
 ``layerS.I.convJ``/``bnJ``, ``downsample``), the architecture PP-TSM is a shifted variant of.
+
+Depths 50/101/152 are PaddleVideo's. The shifting depth-18/34 variant is ovkit's extension (for
+tiny models): PaddleVideo's ``BasicBlock`` has no temporal shift, and its depth-18/34 branch
+cannot be built there (it indexes an int ``in_channels`` and passes ``filter_size`` to a layer
+that takes ``kernel_size``), so no Paddle weights exist for it.
 """
 import os.path as osp
+import re
 
 import torch.nn as nn
 import torch.utils.checkpoint as cp
@@ -114,7 +120,10 @@ class TweaksBottleneck(_ShiftBlock):
 
 
 class TweaksBasicBlock(_ShiftBlock):
-    """Paddle's ``BasicBlock`` (depth 18/34): shift -> 3x3(stride) -> 3x3, plus shortcut.
+    """Depth 18/34 block: shift -> 3x3(stride) -> 3x3, plus shortcut.
+
+    The layers are those of Paddle's ``BasicBlock``; the shift is ovkit's addition (Paddle's
+    basic block does not shift, see the module docstring).
 
     Args:
         in_channels: input channels.
@@ -152,8 +161,10 @@ class ResNetTweaksTSM(BaseModule):
     ResNet-vd: a stem of three 3x3 convs (3->32 s2, 32->32, 32->64) and a 3x3/2 max pool; in
     bottleneck stages 2-4 the first shortcut is AvgPool(2, 2, ceil_mode) -> 1x1 conv -> BN.
     Every residual block shifts its branch input along time (Paddle's directions, fold 1/T);
-    the shortcut sees the unshifted input. Depth 18/34 use Paddle's basic blocks, whose
-    shortcuts are a strided 1x1 conv (no average pool), as in PaddleVideo.
+    the shortcut sees the unshifted input. Depth 18/34 use the layers of Paddle's basic blocks
+    (shortcuts: a strided 1x1 conv, no average pool) with ovkit's shift added: PaddleVideo's
+    basic blocks do not shift and its depth-18/34 path cannot be built, so these depths are
+    an extension for tiny models, not a PaddleVideo architecture.
 
     Args:
         depth: 18, 34, 50, 101 or 152.
@@ -167,7 +178,10 @@ class ResNetTweaksTSM(BaseModule):
         frozen_stages: stages to freeze (0 freezes the stem), -1 for none.
         norm_eval: keep every BatchNorm in eval mode while training.
         with_cp: gradient checkpointing of each block (saves memory, costs a forward).
-        pretrained: converted checkpoint to initialise from (``backbone.`` keys or bare keys).
+        pretrained: converted checkpoint to initialise from (``backbone.`` keys or bare keys);
+            the file must exist when the model is built and fit it exactly.
+        allow_partial: load a ``pretrained`` file that fits only in part (another depth or
+            width): the tensors that fit are loaded, the rest keep their initialisation.
         init_cfg: mmengine init config used when ``pretrained`` is None.
     """
 
@@ -192,6 +206,7 @@ class ResNetTweaksTSM(BaseModule):
                  norm_eval=False,
                  with_cp=False,
                  pretrained=None,
+                 allow_partial=False,
                  init_cfg=(dict(type='Kaiming', layer='Conv2d', mode='fan_in'),
                            dict(type='Constant', val=1, layer='_BatchNorm'))):
         super().__init__(init_cfg=list(init_cfg) if init_cfg is not None else None)
@@ -207,6 +222,9 @@ class ResNetTweaksTSM(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.pretrained = pretrained
+        self.allow_partial = allow_partial
+        if pretrained is not None:
+            _check_pretrained_path(pretrained)  # fail at build time, not after data loading
         act_cfg = dict(act_cfg)
         block, stage_blocks = self.arch_settings[depth]
 
@@ -254,44 +272,57 @@ class ResNetTweaksTSM(BaseModule):
             self._load_pretrained(self.pretrained)
 
     def _load_pretrained(self, path):
-        if not osp.isfile(path):
-            raise FileNotFoundError(
-                f'ResNetTweaksTSM: pretrained checkpoint {path!r} (model.backbone.pretrained) '
-                'does not exist. Convert the PaddleVideo .pdparams file with '
-                '`python tools/model_converters/pptsm_paddle.py IN.pdparams OUT.pth` '
-                '(see docs/pptsm.md for where the weights are published) and point the '
-                'config variable at OUT.pth.')
-        if path.endswith(('.pdparams', '.pdopt')):
-            raise ValueError(
-                f'ResNetTweaksTSM: {path!r} (model.backbone.pretrained) is a Paddle file; '
-                'convert it first with tools/model_converters/pptsm_paddle.py.')
+        _check_pretrained_path(path)
         ckpt = _load_checkpoint(path, map_location='cpu')
         state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+        meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+        theirs = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+        if not theirs:  # a bare backbone state dict
+            theirs = dict(state)
         own = self.state_dict()
-        picked = {}
-        for key, value in state.items():
-            name = key[len('backbone.'):] if key.startswith('backbone.') else key
-            if name in own:
-                picked[name] = value
-        if not picked:
+        common = [k for k in own if k in theirs]
+        if not common:
             raise ValueError(
                 f'ResNetTweaksTSM: no key of {path!r} (model.backbone.pretrained) matches '
                 'this backbone; expected ovkit names such as "backbone.stem.0.conv.weight". '
                 'Convert PaddleVideo files with tools/model_converters/pptsm_paddle.py.')
-        bad = [k for k, v in picked.items() if v.shape != own[k].shape]
-        if bad:
+        problems = self._fit_problems(theirs, own, meta)
+        if problems and not self.allow_partial:
             raise ValueError(
-                f'ResNetTweaksTSM: {len(bad)} tensors of {path!r} have other shapes than '
-                f'depth={self.depth} expects, e.g. {bad[0]}: {tuple(picked[bad[0]].shape)} vs '
-                f'{tuple(own[bad[0]].shape)}. Check model.backbone.depth.')
-        missing = sorted(set(own) - set(picked))
+                f'ResNetTweaksTSM: {path!r} (model.backbone.pretrained) does not fit this '
+                f'backbone (model.backbone.depth={self.depth}): {"; ".join(problems)}. Use the '
+                'weights of this depth (docs/pptsm.md lists them), change model.backbone.depth, '
+                'or set model.backbone.allow_partial=True to load only the tensors that fit.')
+        picked = {k: theirs[k] for k in common if theirs[k].shape == own[k].shape}
         self.load_state_dict(picked, strict=False)
         logger = MMLogger.get_current_instance()
         print_log(f'ResNetTweaksTSM: loaded {len(picked)}/{len(own)} tensors from {path}',
                   logger=logger)
+        if problems:
+            print_log(f'ResNetTweaksTSM: allow_partial=True: {"; ".join(problems)}; the '
+                      'tensors not loaded keep their initialisation', logger=logger, level=30)
+
+    def _fit_problems(self, theirs, own, meta):
+        """What keeps the backbone state dict ``theirs`` from loading strictly, as phrases."""
+        problems = []
+        depth = meta.get('depth') if isinstance(meta, dict) else None
+        depth = depth or infer_depth(theirs)  # the converter records it; else from the keys
+        if depth and depth != self.depth:
+            problems.append(f'it holds a depth-{depth} backbone')
+        missing = [k for k in own if k not in theirs and not k.endswith('num_batches_tracked')]
+        extra = [k for k in theirs if k not in own]
+        shaped = [k for k in own if k in theirs and theirs[k].shape != own[k].shape]
         if missing:
-            print_log(f'ResNetTweaksTSM: {len(missing)} tensors not in {path} keep their '
-                      f'initialisation, e.g. {missing[:5]}', logger=logger, level=30)
+            problems.append(f'{len(missing)} of the {len(own)} tensors of this backbone are '
+                            f'not in the file (e.g. {", ".join(missing[:3])})')
+        if extra:
+            problems.append(f'{len(extra)} of its tensors are not in this backbone (e.g. '
+                            f'{", ".join(extra[:3])})')
+        if shaped:
+            k = shaped[0]
+            problems.append(f'{len(shaped)} tensors have other shapes (e.g. {k}: '
+                            f'{tuple(theirs[k].shape)} in the file, {tuple(own[k].shape)} here)')
+        return problems
 
     def forward(self, x):
         """Frames ``[N*T, C, H, W]`` -> features of the stages in ``out_indices``."""
@@ -323,3 +354,46 @@ class ResNetTweaksTSM(BaseModule):
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
+
+
+def _check_pretrained_path(path):
+    """A clear error for a ``pretrained`` value that cannot be loaded (missing, Paddle file)."""
+    if not isinstance(path, str):
+        raise TypeError('ResNetTweaksTSM: model.backbone.pretrained must be a file path or '
+                        f'None, got {type(path).__name__}.')
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'ResNetTweaksTSM: pretrained checkpoint {path!r} (model.backbone.pretrained) '
+            'does not exist. Convert the PaddleVideo .pdparams file with '
+            '`python tools/model_converters/pptsm_paddle.py IN.pdparams OUT.pth` '
+            '(docs/pptsm.md says where the weights are published) and point the config at '
+            'OUT.pth (PRETRAINED=OUT.pth in the environment, or --cfg-options '
+            'model.backbone.pretrained=OUT.pth); to test a trained checkpoint or to train '
+            'from scratch, pass --cfg-options model.backbone.pretrained=None.')
+    if path.endswith(('.pdparams', '.pdopt')):
+        raise ValueError(
+            f'ResNetTweaksTSM: {path!r} (model.backbone.pretrained) is a Paddle file; '
+            'convert it first with tools/model_converters/pptsm_paddle.py.')
+
+
+_BLOCK_KEY = re.compile(r'^layer([1-4])\.(\d+)\.(conv\d)\.')
+
+
+def infer_depth(state):
+    """Depth of the ResNetTweaksTSM whose backbone state dict (no prefix) is ``state``, or None.
+
+    Args:
+        state: backbone parameter names (``layer3.5.conv1.weight``, ...) to tensors.
+    """
+    blocks, bottleneck = {}, False
+    for key in state:
+        m = _BLOCK_KEY.match(key)
+        if m:
+            stage, index = int(m.group(1)), int(m.group(2))
+            blocks[stage] = max(blocks.get(stage, 0), index + 1)
+            bottleneck = bottleneck or m.group(3) == 'conv3'
+    counts = tuple(blocks.get(stage, 0) for stage in range(1, 5))
+    for depth, (block, stages) in ResNetTweaksTSM.arch_settings.items():
+        if stages == counts and (block is TweaksBottleneck) == bottleneck:
+            return depth
+    return None

@@ -4,7 +4,10 @@
         [--label-map FILE] [--device cpu] [--cfg-options k=v ...]
 
 Runs the config's ``test_pipeline`` (e.g. 1 clip x centre crop, or 10 clips x 3 crops for the
-dense configs) through mmaction2's ``init_recognizer``/``inference_recognizer``. Class names
+dense configs) through mmaction2's ``inference_recognizer``. The checkpoint is loaded strictly
+(mmaction2's ``init_recognizer`` loads non-strictly: a checkpoint of another class count or
+depth would only log a warning and then print labels from random weights); one that does not
+fit the config stops the tool with one message naming both and what differs. Class names
 come from ``--label-map`` (one name per line, or ``index name`` lines such as UCF101's
 classInd.txt), else from the config variable ``class_names``, else from the config variable
 ``label_map``; without any, classes are printed as numbers.
@@ -12,6 +15,7 @@ classInd.txt), else from the config variable ``class_names``, else from the conf
 import argparse
 import os
 import os.path as osp
+import re
 import sys
 
 VIDEO_EXTS = ('.avi', '.mp4', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv')
@@ -62,6 +66,74 @@ def class_names_of(cfg, label_map=None):
     return None
 
 
+class CheckpointMismatch(ValueError):
+    """The checkpoint's weights do not fit the model the config builds."""
+
+
+def _fit_hints(model, state, meta):
+    """What the difference means for PP-TSM: class count, backbone depth."""
+    hints = []
+    head = state.get('cls_head.fc_cls.weight')
+    fc = getattr(getattr(model, 'cls_head', None), 'fc_cls', None)
+    if head is not None and fc is not None and head.shape[0] != fc.out_features:
+        hints.append(f'the checkpoint classifies {head.shape[0]} classes, the config '
+                     f'{fc.out_features} (model.cls_head.num_classes)')
+    depth = getattr(getattr(model, 'backbone', None), 'depth', None)
+    if depth is not None:
+        from .backbone import infer_depth
+        theirs = {k[len('backbone.'):]: v for k, v in state.items()
+                  if k.startswith('backbone.')}
+        found = (meta or {}).get('depth') or infer_depth(theirs)
+        if found and found != depth:
+            hints.append(f'the checkpoint holds a depth-{found} backbone, the config depth '
+                         f'{depth} (model.backbone.depth)')
+    return hints
+
+
+def load_recognizer(cfg, config_path, checkpoint, device='cpu'):
+    """Build the config's recognizer and load ``checkpoint`` into it strictly.
+
+    Args:
+        cfg: the mmengine ``Config`` (after ``--cfg-options``).
+        config_path: the config file, for messages.
+        checkpoint: a trained or converted recognizer checkpoint (``.pth``).
+        device: where the model runs.
+
+    Raises:
+        CheckpointMismatch: missing, unexpected or reshaped weights, named with the config.
+    """
+    from mmaction.registry import MODELS
+    from mmengine.registry import init_default_scope
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from ovkit.engine.guards import checkpoint_fit_problem
+
+    init_default_scope(cfg.get('default_scope', 'mmaction'))
+    backbone = cfg.model.get('backbone')
+    if backbone is not None and backbone.get('pretrained'):
+        backbone.pretrained = None  # the checkpoint holds every weight
+    model = MODELS.build(cfg.model)
+    try:
+        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    except Exception as err:  # torch/pickle raise many types on foreign files
+        raise CheckpointMismatch(f'checkpoint {checkpoint} cannot be read '
+                                 f'({type(err).__name__}: {err})') from err
+    problem = checkpoint_fit_problem(model, ckpt)
+    if problem:
+        state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+        meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+        hints = _fit_hints(model, state, meta if isinstance(meta, dict) else None)
+        raise CheckpointMismatch(
+            f'checkpoint {checkpoint} does not fit config {config_path}: '
+            f'{"; ".join(hints + [problem])}. Pass the checkpoint trained with this config, '
+            'or the config it was trained with.')
+    state = ckpt.get('state_dict', ckpt)
+    model.load_state_dict({re.sub(r'^module\.', '', k): v for k, v in state.items()},
+                          strict=True)
+    model.cfg = cfg
+    return model.to(device).eval()
+
+
 def topk_of(scores, names, k):
     """``[(name, probability)]`` of the k best classes for one video's class scores."""
     k = min(k, scores.numel())
@@ -85,7 +157,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
-    from mmaction.apis import inference_recognizer, init_recognizer
+    from mmaction.apis import inference_recognizer
 
     import ovkit.pptsm  # noqa: F401  (registers PP-TSM; applies ovkit.compat)
 
@@ -100,7 +172,10 @@ def main(argv=None):
         names = class_names_of(cfg, args.label_map)
     except FileNotFoundError as err:
         sys.exit(f'error: {err}')
-    model = init_recognizer(cfg, args.checkpoint, device=args.device)
+    try:
+        model = load_recognizer(cfg, args.config, args.checkpoint, device=args.device)
+    except (CheckpointMismatch, FileNotFoundError, ValueError) as err:
+        sys.exit(f'error: {err}')
     to_prob = model.cls_head.average_clips != 'prob'
     failed = 0
     for video in videos:

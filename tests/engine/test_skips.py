@@ -129,6 +129,45 @@ def test_hook_counts_and_logs_per_epoch():
     assert len(runner.logger.lines) == 1 and hook.total_drawn == 19 and hook.total_skipped == 3
 
 
+def test_resumed_run_continues_the_counts():
+    """Counts ride in the checkpoint: a run stopped mid-epoch and resumed logs and judges
+    exactly as the uninterrupted run (and ``load_from``, at iteration 0, starts afresh)."""
+    epoch1 = [['', 'a.png (AssertionError)'], ['', ''], ['', ''], ['', '']]
+    epoch2 = [['b.png (OSError)', ''], ['', ''], ['', 'c.png (OSError)'], ['', '']]
+    whole, whole_runner = SkipBadSamplesHook(max_skip_ratio=0.5, check_interval=100), _Runner()
+    _iterate(whole, whole_runner, epoch1 + epoch2)
+
+    first, runner = SkipBadSamplesHook(max_skip_ratio=0.5, check_interval=100), _Runner()
+    _iterate(first, runner, epoch1 + epoch2[:2])  # killed after a checkpoint at iteration 6
+    checkpoint = {'meta': {'iter': runner.iter}}
+    first.before_save_checkpoint(runner, checkpoint)
+    checkpoint = torch.load(_roundtrip(checkpoint), weights_only=True)  # what resume reads
+
+    resumed, resumed_runner = SkipBadSamplesHook(max_skip_ratio=0.5, check_interval=100), \
+        _Runner()
+    resumed_runner.iter = runner.iter
+    resumed.after_load_checkpoint(resumed_runner, checkpoint)
+    resumed.before_train(resumed_runner)
+    _iterate(resumed, resumed_runner, epoch2[2:])
+    assert resumed_runner.logger.lines[-1] == whole_runner.logger.lines[-1] == (
+        'skipped 2 of 10 training samples this epoch that failed to load (replaced by others; '
+        '3 in this run, 15.79%): b.png (OSError); c.png (OSError)')
+    assert (resumed.total_drawn, resumed.total_skipped) == (whole.total_drawn, 3)
+
+    fresh, fresh_runner = SkipBadSamplesHook(), _Runner()  # load_from: iteration 0
+    fresh.after_load_checkpoint(fresh_runner, checkpoint)
+    fresh.before_train(fresh_runner)
+    assert (fresh.total_drawn, fresh.total_skipped, fresh._epoch_drawn) == (0, 0, 0)
+
+
+def _roundtrip(obj):
+    import io
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
 def test_hook_stops_past_the_threshold():
     hook, runner = SkipBadSamplesHook(max_skip_ratio=0.01, min_samples=6, check_interval=1), \
         _Runner(per_epoch=100)

@@ -1,6 +1,5 @@
 """The .pdparams converter on files written here with PaddleVideo's key list and shapes."""
 import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -8,26 +7,28 @@ import torch
 from mmaction.registry import MODELS
 
 from ovkit.pptsm.convert import convert_pdparams, load_pdparams, main
-from tests.conftest import REPO, run_cmd
 
 STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BN = ('weight', 'bias', '_mean', '_variance')
 
 
-def paddle_resnet_vd_keys(depth):
-    """(name, shape) of PaddleVideo's ResNetTweaksTSM bottleneck backbone, in its order."""
+def paddle_resnet_vd_keys(depth, width=64):
+    """(name, shape) of PaddleVideo's ResNetTweaksTSM bottleneck backbone, in its order.
+
+    ``width`` 64 is PaddleVideo's; smaller ones keep every name at a fraction of the size."""
     out = []
 
     def conv_bn(name, cout, cin, k):
         out.append((f'{name}._conv.weight', (cout, cin, k, k)))
         out.extend((f'{name}._batch_norm.{leaf}', (cout, )) for leaf in BN)
 
-    conv_bn('conv1_1', 32, 3, 3)
-    conv_bn('conv1_2', 32, 32, 3)
-    conv_bn('conv1_3', 64, 32, 3)
-    cin = 64
+    half = width // 2
+    conv_bn('conv1_1', half, 3, 3)
+    conv_bn('conv1_2', half, half, 3)
+    conv_bn('conv1_3', width, half, 3)
+    cin = width
     for s, blocks in enumerate(STAGES[depth]):
-        planes = 64 * 2**s
+        planes = width * 2**s
         for i in range(blocks):
             name = f'bb_{s}_{i}'
             conv_bn(f'{name}.conv0', planes, cin, 1)
@@ -42,7 +43,7 @@ def paddle_resnet_vd_keys(depth):
 def write_pdparams(path, keys, seed=0):
     """A .pdparams as paddle.save writes it: pickled dict of arrays + structured-name table."""
     rng = np.random.default_rng(seed)
-    params = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in keys}
+    params = {k: rng.random(shape, dtype=np.float32) - 0.5 for k, shape in keys}
     blob = dict(params)
     blob['StructuredToParameterName@@'] = {k: f'param_{i}' for i, k in enumerate(params)}
     with open(path, 'wb') as f:
@@ -50,9 +51,10 @@ def write_pdparams(path, keys, seed=0):
     return params
 
 
-def recognizer_keys(depth, num_classes):
-    keys = [(f'backbone.{k}', s) for k, s in paddle_resnet_vd_keys(depth)]
-    return keys + [('head.fc.weight', (2048, num_classes)), ('head.fc.bias', (num_classes, ))]
+def recognizer_keys(depth, num_classes, width=64):
+    keys = [(f'backbone.{k}', s) for k, s in paddle_resnet_vd_keys(depth, width)]
+    feat = 32 * width
+    return keys + [('head.fc.weight', (feat, num_classes)), ('head.fc.bias', (num_classes, ))]
 
 
 def build_recognizer(num_classes, depth=50):
@@ -102,14 +104,16 @@ def test_round_trip_every_tensor_lands_with_equal_values(tmp_path):
 
 
 def test_distillation_and_imagenet_files(tmp_path):
-    keys = [(f'Student.{k}', s) for k, s in recognizer_keys(50, 400)]
-    keys += [(f'Teacher.{k}', s) for k, s in recognizer_keys(50, 400)[:5]]
+    """At 1/8 width (every name, 1/64 of the bytes); the round trip above has full shapes."""
+    keys = [(f'Student.{k}', s) for k, s in recognizer_keys(50, 400, width=8)]
+    keys += [(f'Teacher.{k}', s) for k, s in recognizer_keys(50, 400, width=8)[:5]]
     write_pdparams(tmp_path / 'distill.pdparams', keys)
     state, report = convert_pdparams(load_pdparams(str(tmp_path / 'distill.pdparams')))
     assert len(report['mapped']) == 277 and not report['unknown']
     assert set(report['dropped'].values()) == {'distillation teacher'}
 
-    imagenet = paddle_resnet_vd_keys(50) + [('out.weight', (2048, 1000)), ('out.bias', (1000, ))]
+    imagenet = paddle_resnet_vd_keys(50, width=8) + [('out.weight', (256, 1000)),
+                                                     ('out.bias', (1000, ))]
     params = write_pdparams(tmp_path / 'ResNet50_vd.pdparams', imagenet, seed=1)
     state, report = convert_pdparams(load_pdparams(str(tmp_path / 'ResNet50_vd.pdparams')))
     assert len(report['mapped']) == 275 and report['num_classes'] is None
@@ -119,21 +123,22 @@ def test_distillation_and_imagenet_files(tmp_path):
     ckpt = tmp_path / 'r50vd.pth'
     torch.save({'state_dict': state}, ckpt)
     from ovkit.pptsm import ResNetTweaksTSM
-    backbone = ResNetTweaksTSM(depth=50, pretrained=str(ckpt))
+    backbone = ResNetTweaksTSM(depth=50, base_channels=8, pretrained=str(ckpt))
     backbone.init_weights()
     assert np.array_equal(backbone.layer3[2].conv2.weight.detach().numpy(),
                           params['bb_2_2.conv1._conv.weight'])
 
 
-def test_cli_writes_a_checkpoint_and_refuses_unknown_keys(tmp_path):
-    write_pdparams(tmp_path / 'a.pdparams', recognizer_keys(50, 10))
-    out = run_cmd([sys.executable, 'tools/model_converters/pptsm_paddle.py',
-                   str(tmp_path / 'a.pdparams'), str(tmp_path / 'a.pth')], cwd=REPO)
+def test_cli_writes_a_checkpoint_and_refuses_unknown_keys(tmp_path, capsys):
+    """The tool's main() in-process (test_e2e runs tools/model_converters/pptsm_paddle.py)."""
+    write_pdparams(tmp_path / 'a.pdparams', recognizer_keys(50, 10, width=8))
+    assert main([str(tmp_path / 'a.pdparams'), str(tmp_path / 'a.pth')]) == 0
+    out = capsys.readouterr().out
     assert '277 tensors mapped' in out and 'depth 50' in out and '10 classes' in out
     ckpt = torch.load(tmp_path / 'a.pth', weights_only=True)
     assert ckpt['meta']['depth'] == 50 and len(ckpt['state_dict']) == 277 + 55
 
-    keys = recognizer_keys(50, 10) + [('backbone.extra.weight', (3, ))]
+    keys = recognizer_keys(50, 10, width=8) + [('backbone.extra.weight', (3, ))]
     write_pdparams(tmp_path / 'b.pdparams', keys)
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path / 'b.pdparams'), str(tmp_path / 'b.pth')])

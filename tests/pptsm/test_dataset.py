@@ -59,3 +59,33 @@ def test_missing_files_name_the_config_key(tmp_path):
     (tmp_path / 'empty.txt').write_text('')
     with pytest.raises(ValueError, match='lists no video'):
         PaddleVideoDataset(str(tmp_path / 'empty.txt'), [])
+
+
+def test_labels_are_checked_against_num_classes_at_build(tmp_path):
+    """A label >= num_classes used to fail mid-training inside MixupBlending's one-hot."""
+    lines = ['a 0', '', 'b 3', 'c 4', 'd 1']
+    with pytest.raises(ValueError, match=r'list.txt \(dataset.ann_file\) line 4: label 4 of '
+                       r"'c 4' is not in 0..3: the config has num_classes=4 "
+                       r'\(model.cls_head.num_classes'):
+        make(tmp_path, lines, num_classes=4)
+    ds = make(tmp_path, lines, num_classes=5)  # blank lines are skipped
+    assert [ds.get_data_info(i)['label'] for i in range(len(ds))] == [0, 3, 4, 1]
+    with pytest.raises(ValueError, match=r"line 1: label -1 of 'a -1' is not in 0..3"):
+        make(tmp_path, ['a -1'], num_classes=4)
+    with pytest.raises(ValueError, match=r"line 2: label 'x' of 'b x' is not an integer"):
+        make(tmp_path, ['a 0', 'b x'])
+    with pytest.raises(ValueError, match="line 1: 'a' has no label"):
+        make(tmp_path, ['a'])
+    assert make(tmp_path, ['a'], test_mode=True).get_data_info(0)['label'] == -1
+
+
+def test_parsing_matches_mmaction_video_dataset(tmp_path):
+    """Apart from the suffix and the checks, the data list is mmaction2's own."""
+    from mmaction.datasets import VideoDataset
+    lines = ['x/a.avi 2', 'y/b.avi 0', 'z/c.avi 1']
+    ours = make(tmp_path, lines, num_classes=3)
+    theirs = VideoDataset(str(tmp_path / 'list.txt'), [],
+                          data_prefix=dict(video=str(tmp_path / 'videos')))
+    keys = ('filename', 'label')
+    assert [{k: ours.get_data_info(i)[k] for k in keys} for i in range(3)] == \
+        [{k: theirs.get_data_info(i)[k] for k in keys} for i in range(3)]
