@@ -211,10 +211,13 @@ class SkipBadSamplesHook(Hook):
 
     # ------------------------------------------------------------------ resume
     def before_save_checkpoint(self, runner, checkpoint):
-        # Every rank saves at the same iteration (CheckpointHook runs on all of them), so the
-        # counts not yet summed can be gathered here: a resumed run continues the same totals.
-        local = (self._epoch_drawn, self._epoch_skipped, self._epoch_records)
-        parts = all_gather_object(local) if get_dist_info()[1] > 1 else [local]
+        # No collective here: mmengine's Runner.save_checkpoint is master_only, so only rank 0
+        # calls this hook (an all_gather here hung every 2-process run at its first
+        # checkpoint). The totals are already summed over ranks; the counts of the epoch in
+        # progress are rank 0's own (epoch-based runs save after the epoch's reduce, so they
+        # are zero there; a mid-epoch save of an iteration-based run loses the other ranks'
+        # share of that one epoch's counts on resume).
+        parts = [(self._epoch_drawn, self._epoch_skipped, self._epoch_records)]
         checkpoint[STATE_KEY] = dict(
             iter=checkpoint.get('meta', {}).get('iter'),
             total_drawn=self.total_drawn, total_skipped=self.total_skipped,
