@@ -243,3 +243,25 @@ def check_last_checkpoint(work_dir):
         raise CheckpointError(f'--resume: {last} is empty; {fix}')
     check_resume_checkpoint(path, option=f'--resume ({last})')
     return path
+
+
+def checkpoint_due(runner, by_epoch):
+    """Whether a CheckpointHook will save at this point, by its own rules.
+
+    Hooks that must put state gathered from every rank into a checkpoint call this on all ranks
+    in ``after_train_iter`` / ``after_train_epoch`` (before the CheckpointHook, which has lower
+    priority): ``runner.save_checkpoint`` itself runs on rank 0 only, so no collective may run
+    in ``before_save_checkpoint``.
+    """
+    for hook in runner.hooks:
+        if not isinstance(hook, CheckpointHook) or hook.by_epoch != by_epoch:
+            continue
+        if by_epoch:
+            due = hook.every_n_epochs(runner, hook.interval, hook.save_begin) or (
+                hook.save_last and hook.is_last_train_epoch(runner))
+        else:
+            due = hook.every_n_train_iters(runner, hook.interval, hook.save_begin) or (
+                hook.save_last and hook.is_last_train_iter(runner))
+        if due:
+            return True
+    return False

@@ -325,19 +325,8 @@ class ExactResumeHook(Hook):
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _checkpoint_due(runner, by_epoch):
-        """Whether a CheckpointHook will save at this point, by its own rules."""
-        for hook in runner.hooks:
-            if not isinstance(hook, CheckpointHook) or hook.by_epoch != by_epoch:
-                continue
-            if by_epoch:
-                due = hook.every_n_epochs(runner, hook.interval, hook.save_begin) or (
-                    hook.save_last and hook.is_last_train_epoch(runner))
-            else:
-                due = hook.every_n_train_iters(runner, hook.interval, hook.save_begin) or (
-                    hook.save_last and hook.is_last_train_iter(runner))
-            if due:
-                return True
-        return False
+        from .checkpoint import checkpoint_due
+        return checkpoint_due(runner, by_epoch)
 
     def _gather(self, runner, iteration):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model

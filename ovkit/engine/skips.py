@@ -30,6 +30,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
+from .checkpoint import checkpoint_due
 from .errors import UserError
 
 __all__ = ['SKIP_KEY', 'SkipBadSamples', 'SkipBadSamplesHook', 'SkippedSample',
@@ -207,22 +208,26 @@ class SkipBadSamplesHook(Hook):
         self.total_drawn = self.total_skipped = 0
         self._eval_marks = []
         self._eval_records = []
-        self._loaded = None
+        self._loaded = self._stash = None
 
     # ------------------------------------------------------------------ resume
-    def before_save_checkpoint(self, runner, checkpoint):
-        # No collective here: mmengine's Runner.save_checkpoint is master_only, so only rank 0
-        # calls this hook (an all_gather here hung every 2-process run at its first
-        # checkpoint). The totals are already summed over ranks; the counts of the epoch in
-        # progress are rank 0's own (epoch-based runs save after the epoch's reduce, so they
-        # are zero there; a mid-epoch save of an iteration-based run loses the other ranks'
-        # share of that one epoch's counts on resume).
-        parts = [(self._epoch_drawn, self._epoch_skipped, self._epoch_records)]
-        checkpoint[STATE_KEY] = dict(
-            iter=checkpoint.get('meta', {}).get('iter'),
-            total_drawn=self.total_drawn, total_skipped=self.total_skipped,
+    def _stash_counts(self, runner, iteration):
+        """Gather the counts not yet summed, on every rank, for the checkpoint written next.
+
+        ``runner.save_checkpoint`` runs on rank 0 only, so the gather happens here, where every
+        rank passes at the same point (see :func:`ovkit.engine.checkpoint.checkpoint_due`).
+        """
+        local = (self._epoch_drawn, self._epoch_skipped, self._epoch_records)
+        parts = all_gather_object(local) if get_dist_info()[1] > 1 else [local]
+        self._stash = dict(
+            iter=iteration, total_drawn=self.total_drawn, total_skipped=self.total_skipped,
             epoch_drawn=sum(p[0] for p in parts), epoch_skipped=sum(p[1] for p in parts),
             epoch_records=list(dict.fromkeys(n for p in parts for n in p[2]))[:self.log_names])
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        # A resumed run continues the same totals and the same threshold.
+        if self._stash is not None and self._stash['iter'] == checkpoint['meta'].get('iter'):
+            checkpoint[STATE_KEY] = self._stash
 
     def after_load_checkpoint(self, runner, checkpoint):
         self._loaded = checkpoint.get(STATE_KEY)
@@ -266,18 +271,23 @@ class SkipBadSamplesHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         loop = runner.train_loop
+        per_epoch = 0
         if not isinstance(loop, EpochBasedTrainLoop):
             # Iteration-based: one pass over the data loader is this hook's epoch.
             per_epoch = len(loop.dataloader) if hasattr(loop.dataloader, '__len__') else 0
-            if per_epoch and (runner.iter + 1) % per_epoch == 0:
-                return self._reduce(runner, end_of_epoch=True)
-        if self.every_n_train_iters(runner, self.check_interval):
+        if per_epoch and (runner.iter + 1) % per_epoch == 0:
+            self._reduce(runner, end_of_epoch=True)
+        elif self.every_n_train_iters(runner, self.check_interval):
             self._reduce(runner, end_of_epoch=False)
+        if checkpoint_due(runner, by_epoch=False):
+            self._stash_counts(runner, runner.iter + 1)
 
     def after_train_epoch(self, runner):
         # Every rank draws the same number of batches, so all agree on whether to reduce.
         if self._epoch_drawn:
             self._reduce(runner, end_of_epoch=True)
+        if checkpoint_due(runner, by_epoch=True):
+            self._stash_counts(runner, runner.iter)
 
     def _reduce(self, runner, end_of_epoch):
         """Sum the counts over ranks; log at an epoch's end; stop past the threshold."""

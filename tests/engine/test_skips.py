@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from mmengine.config import Config
 from mmengine.evaluator import BaseMetric
+from mmengine.hooks import CheckpointHook
 
 from ovkit.engine import skips
 from ovkit.engine.guards import NonFiniteLossError, NonFiniteLossHook
@@ -103,7 +104,7 @@ class _Loop:
 
 class _Runner:
     def __init__(self, per_epoch=4):
-        self.iter, self.logger = 0, _Logger()
+        self.iter, self.logger, self.hooks = 0, _Logger(), []
         self.train_loop = _Loop(per_epoch)
         self.train_dataloader = self.train_loop.dataloader
 
@@ -138,9 +139,11 @@ def test_resumed_run_continues_the_counts():
     _iterate(whole, whole_runner, epoch1 + epoch2)
 
     first, runner = SkipBadSamplesHook(max_skip_ratio=0.5, check_interval=100), _Runner()
-    _iterate(first, runner, epoch1 + epoch2[:2])  # killed after a checkpoint at iteration 6
+    runner.hooks.append(CheckpointHook(interval=6, by_epoch=False, save_last=False))
+    _iterate(first, runner, epoch1 + epoch2[:2])  # killed after the checkpoint of iteration 6
     checkpoint = {'meta': {'iter': runner.iter}}
-    first.before_save_checkpoint(runner, checkpoint)
+    first.before_save_checkpoint(runner, checkpoint)  # on rank 0 only, as mmengine calls it
+    assert checkpoint['ovkit_bad_samples']['epoch_skipped'] == 1
     checkpoint = torch.load(_roundtrip(checkpoint), weights_only=True)  # what resume reads
 
     resumed, resumed_runner = SkipBadSamplesHook(max_skip_ratio=0.5, check_interval=100), \
