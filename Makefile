@@ -5,7 +5,7 @@ STAMP := $(VENV)/.ovkit-installed
 NPROC ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-fast demo bench clean
+.PHONY: install lint test test-fast demo demo-baron bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test-fast: install lint
 
 demo: install
 	VENV=$(VENV) NPROC=$(NPROC) bash tools/demo.sh
+
+# BARON's part of the demo alone: novel-class AP50 against the ablation (docs/baron.md)
+demo-baron: install
+	VENV=$(VENV) NPROC=$(NPROC) bash tools/demo_baron.sh
 
 bench: install
 	$(PY) tools/analysis/benchmark_accuracy.py

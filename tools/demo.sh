@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the main job end to end on the embedded shapes data.
 #   1. generate shapes data, 2. train with tools/dist_train.sh on NPROC processes,
-#   3. evaluate the checkpoint with tools/test.py and print its metrics.
+#   3. evaluate the checkpoint with tools/test.py and print its metrics;
+#   4. BARON on shapes: novel-class AP50 against its ablation (tools/demo_baron.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -30,8 +31,5 @@ run() {  # run CONFIG NAME
 }
 
 run configs/shapes/faster_rcnn_tiny.py faster_rcnn_tiny
-# BARON needs the class embeddings of its (tiny, random) CLIP; the real configs read theirs
-# from data/metadata/ (README, "BARON").
-"$PYTHON" tools/data/gen_class_embeddings.py --model-name tiny --classes data/shapes/classes.txt \
-  --out data/shapes/baron/shapes_tiny_clip.npy
-run configs/baron/shapes.py baron_shapes
+# BARON: open-vocabulary detection, against its ablation (tools/demo_baron.sh, docs/baron.md)
+VENV=$VENV NPROC=$NPROC bash tools/demo_baron.sh

@@ -45,7 +45,7 @@ class BagSampler:
         shape_ratio_thr: keep boxes whose w/h lies in (thr, 1/thr); elongated proposals give
             degenerate neighbourhoods.
         area_ratio_thr: keep boxes whose area inside the image exceeds this fraction of the
-            image area.
+            image area (image box [0, 0, w - 1, h - 1], as the reference).
         objectness_thr: keep proposals scoring above this (ignored when proposals carry no
             score column). When nothing passes the filters, the best-scored box with a
             positive area is kept alone, as in the reference.
@@ -127,17 +127,27 @@ class BagSampler:
         if gt_bboxes is not None and len(gt_bboxes) != len(proposals):
             raise ValueError(f'{len(proposals)} proposal tensors but {len(gt_bboxes)} '
                              f'gt_bboxes tensors')
+        centres = [self.select_centres(props, img_shapes[i],
+                                       gt_bboxes[i] if (self.use_gt and gt_bboxes is not None)
+                                       else None)
+                   for i, props in enumerate(proposals)]
+        return self.sample_from_centres(centres, img_shapes, generator)
+
+    def sample_from_centres(self, centres, img_shapes, generator=None):
+        """Bags around given centres ([K, 4], or [K, 5] with scores, one tensor per image),
+        e.g. :meth:`select_centres` output merged with a :class:`BoxesCache`."""
         results = []
-        for i, props in enumerate(proposals):
-            gt = gt_bboxes[i] if (self.use_gt and gt_bboxes is not None) else None
-            centres = self.select_centres(props, img_shapes[i], gt)
-            draws = self.draw(centres.shape[0], generator, centres.device)
-            results.append(self.build_bags(centres, img_shapes[i], draws))
+        for boxes, shape in zip(centres, img_shapes):
+            boxes = boxes[:, :4]
+            draws = self.draw(boxes.shape[0], generator, boxes.device)
+            results.append(self.build_bags(boxes, shape, draws))
         return results
 
     # ------------------------------------------------------------------ proposal filtering
-    def select_centres(self, proposals, img_shape, gt_bboxes=None):
-        """Top-k, shape/area/objectness filters, then NMS -> [K, 4] centre boxes."""
+    def select_centres(self, proposals, img_shape, gt_bboxes=None, return_scores=False):
+        """Top-k, shape/area/objectness filters, then NMS -> [K, 4] centre boxes
+        ([K, 5] with their scores when ``return_scores``; proposals without a score column
+        count as 1, ground-truth boxes too)."""
         if not torch.is_tensor(proposals) or proposals.dim() != 2 \
                 or proposals.shape[1] not in (4, 5):
             raise ValueError('each proposals entry must be a [n, 4] or [n, 5] tensor, got '
@@ -159,25 +169,34 @@ class BagSampler:
             gt = gt_bboxes[:, :4].detach().to(boxes)
             boxes = torch.cat([boxes, gt])
             scores = torch.cat([scores, scores.new_ones(gt.shape[0])])
+        width = 5 if return_scores else 4
+        # without a score column the rank order ranks (sort, NMS), but the reported score is 1
+        reported = scores if has_score else torch.ones_like(scores)
         if boxes.shape[0] == 0:
-            return boxes.new_zeros(0, 4)
+            return boxes.new_zeros(0, width)
+
+        def out(keep):
+            kept = boxes[keep]
+            return torch.cat([kept, reported[keep][:, None]], 1) if return_scores else kept
 
         wh = boxes[:, 2:] - boxes[:, :2]
         ratio = wh[:, 0] / (wh[:, 1] + _EPS)
         valid = (ratio > self.shape_ratio_thr) & (ratio < 1.0 / self.shape_ratio_thr)
-        inter = ((boxes[:, 2].clamp(0, w) - boxes[:, 0].clamp(0, w)).clamp(min=0)
-                 * (boxes[:, 3].clamp(0, h) - boxes[:, 1].clamp(0, h)).clamp(min=0))
-        valid &= inter / float(h * w) > self.area_ratio_thr
+        # the reference's intersection-over-foreground with the image box [0, 0, w-1, h-1]
+        # (mmdet's bbox_overlaps, mode='iof')
+        inter = ((boxes[:, 2].clamp(0, w - 1) - boxes[:, 0].clamp(0, w - 1)).clamp(min=0)
+                 * (boxes[:, 3].clamp(0, h - 1) - boxes[:, 1].clamp(0, h - 1)).clamp(min=0))
+        valid &= inter / max((h - 1) * (w - 1), _EPS) > self.area_ratio_thr
         if has_score:
             valid &= scores > self.objectness_thr
         if not valid.any():
             positive = (wh > 0).all(1)
             if not positive.any():
-                return boxes.new_zeros(0, 4)
+                return boxes.new_zeros(0, width)
             best = torch.where(positive, scores, scores.new_tensor(-math.inf)).argmax()
-            return boxes[best:best + 1]
-        boxes, scores = boxes[valid], scores[valid]
-        return boxes[nms(boxes, scores, self.nms_thr)]
+            return out(best[None])
+        keep = valid.nonzero(as_tuple=True)[0]
+        return out(keep[nms(boxes[keep], scores[keep], self.nms_thr)])
 
     # ------------------------------------------------------------------ random draws
     def draw(self, num_centres, generator=None, device=None):

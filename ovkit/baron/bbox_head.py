@@ -36,34 +36,92 @@ __all__ = ['BaronBBoxHead', 'BaronConvFCBBoxHead', 'BaronShared2FCBBoxHead',
 _EXCLUDED_LOGIT = -1e4
 
 
-def load_cls_embeddings(path, num_classes: int) -> Tensor:
+def first_existing(paths, key: str = 'cls_embeddings_path') -> str:
+    """The first existing file of a list of candidates (logged), e.g. DetPro's embeddings with
+    hand-crafted ones as the fallback; a clear error when none exists."""
+    for path in paths:
+        if isinstance(path, str) and osp.isfile(path):
+            if path != paths[0]:
+                print_log(f"{key}: '{paths[0]}' not found, using '{path}'", logger='current')
+            return path
+    raise FileNotFoundError(
+        f'{key}={list(paths)}: none of these files exists. Generate the hand-crafted one with '
+        '`python tools/data/gen_class_embeddings.py --classes <class names file> --out <path>` '
+        '(docs/baron.md), or give the path of the file you have.')
+
+
+def load_cls_embeddings(path, num_classes: Optional[int],
+                        key: str = 'cls_embeddings_path') -> Tensor:
     """Class embeddings [num_classes, D] from ``cls_embeddings_path``, rows L2-normalised.
 
     ``path`` may also be the embeddings themselves (a tensor or array), as the Baron detector
-    passes them when it builds a vocabulary from class names.
+    passes them when it builds a vocabulary from class names. ``num_classes=None`` accepts any
+    row count; ``key`` names the config key in errors.
     """
     hint = ('Generate it with `python tools/data/gen_class_embeddings.py --classes '
             '<class names file> --out <path> [--layer 12 for use_attn12_output]` using the same '
             'class list (and order) as the dataset.')
+    if isinstance(path, (list, tuple)):
+        path = first_existing(path, key)
     if isinstance(path, (Tensor, np.ndarray)):
         array = path.detach().cpu().float().numpy() if isinstance(path, Tensor) else path
         path = '<embeddings given in memory>'
     elif not path or not osp.isfile(str(path)):
-        raise FileNotFoundError(f"cls_embeddings_path='{path}' not found. {hint}")
+        raise FileNotFoundError(f"{key}='{path}' not found. {hint}")
     else:
         try:
             array = np.load(path)
         except Exception as err:  # a corrupt or non-npy file
-            raise ValueError(f"cls_embeddings_path='{path}' is not a readable .npy file ({err}). "
+            raise ValueError(f"{key}='{path}' is not a readable .npy file ({err}). "
                              f'{hint}') from err
     if array.ndim != 2:
-        raise ValueError(f"cls_embeddings_path='{path}' must hold a [num_classes, D] array, got "
+        raise ValueError(f"{key}='{path}' must hold a [num_classes, D] array, got "
                          f'shape {array.shape}. {hint}')
-    if array.shape[0] != num_classes:
-        raise ValueError(f"cls_embeddings_path='{path}' has {array.shape[0]} rows but "
+    if num_classes is not None and array.shape[0] != num_classes:
+        raise ValueError(f"{key}='{path}' has {array.shape[0]} rows but "
                          f'num_classes={num_classes}; one row per class is required. {hint}')
     check_finite(array, f"cls_embeddings_path='{path}'", hint)
     return F.normalize(torch.from_numpy(np.asarray(array, dtype=np.float32)), dim=-1)
+
+
+def load_class_weight_file(path: str, num_classes: int) -> Tensor:
+    """Weights [num_classes]: 1 for the classes seen in training, 0 for the others.
+
+    ``path`` is a json: either a category-info list (``[{'id', 'image_count', ...}]``, the
+    reference's ``lvis_v1_train_cat_norare_info.json``; weight = image_count > 0) or an
+    annotation file with ``categories`` and ``annotations`` (weight = has annotations).
+    Categories are ordered by id, as mmdet's LVIS/COCO datasets label them.
+    """
+    import json
+    hint = ('Use the category-info json of the training annotations (the no-rare LVIS file: '
+            'tools/data/make_ov_splits.py lvis writes it) or a list of weights.')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"class_weight='{path}' not found (absolute: "
+                                f'{osp.abspath(path)}). {hint}')
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"class_weight='{path}' is not a readable json file ({err}). "
+                         f'{hint}') from err
+    if isinstance(data, dict) and isinstance(data.get('categories'), list) \
+            and isinstance(data.get('annotations'), list):
+        seen = {a.get('category_id') for a in data['annotations']}
+        cats = [dict(c, image_count=int(c.get('id') in seen)) for c in data['categories']]
+    elif isinstance(data, list):
+        cats = data
+    else:
+        raise ValueError(f"class_weight='{path}' holds neither a category-info list nor an "
+                         f"annotation file with 'categories' and 'annotations'. {hint}")
+    try:
+        counts = [c['image_count'] for c in sorted(cats, key=lambda c: c['id'])]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"class_weight='{path}': every category needs 'id' and 'image_count' "
+                         f'({err!r} missing). {hint}') from None
+    if len(counts) != num_classes:
+        raise ValueError(f"class_weight='{path}' lists {len(counts)} categories but "
+                         f'num_classes={num_classes}. {hint}')
+    return (torch.tensor(counts, dtype=torch.float32) > 0).float()
 
 
 @MODELS.register_module()
@@ -72,7 +130,8 @@ class BaronBBoxHead(BBoxHead):
 
     Args (BARON-specific; the rest are ``BBoxHead``'s):
         num_words, word_dim: pseudo words per region and their width (= CLIP ``text_width``).
-        cls_embeddings_path: ``.npy`` [num_classes, D]; D must match the text output used.
+        cls_embeddings_path: ``.npy`` [num_classes, D]; D must match the text output used. A
+            list of paths: the first existing one (e.g. DetPro's embeddings, then hand-crafted).
         bg_embedding: ``'zero'`` (fixed zero vector) or ``'learn'`` (Linear(1, D) on a constant
             1, L2-normalised); appended as the last class.
         cls_temp / test_cls_temp: logit temperature in training / evaluation (None: cls_temp).
@@ -83,10 +142,20 @@ class BaronBBoxHead(BBoxHead):
         use_attn12_output / text_layer: read the text encoder's output after ``text_layer``
             blocks (no final LayerNorm/projection) instead of the projected output;
             ``use_attn12_output=True`` means ``text_layer=12`` (ViT-B/32's last block).
-        class_weight: per-class loss weights (num_classes, or num_classes + 1 with background).
+        class_weight: per-class loss weights: a list (num_classes, or num_classes + 1 with the
+            background last, e.g. BARON's 0.7 for OV-COCO), or a category-info json whose
+            categories with ``image_count`` 0 get weight 0 (the reference's
+            ``lvis_v1_train_cat_norare_info.json``; an annotation file works too: categories
+            without annotations get 0); background 1 then.
         novel_class_ids: class indices whose weight is 0. Weight-0 classes are removed from the
             training softmax (no probability mass, no gradient) and their samples are ignored;
             at test time every class is scored.
+        extra_test_embeddings: class embeddings [K, D] (``.npy`` path or array) scored at test
+            time only and never reported: they take probability mass from the classes as the
+            15 COCO classes outside OV-COCO's 65 do in the reference, which classifies 80 + 1
+            and evaluates 65. Detections labelled with one of them are dropped after NMS (so,
+            as there, they count towards ``max_per_img``). Training ignores them, as the
+            reference's zero class weight does.
     """
 
     def __init__(self,
@@ -102,6 +171,7 @@ class BaronBBoxHead(BBoxHead):
                  text_layer: Optional[int] = None,
                  class_weight: Optional[Sequence[float]] = None,
                  novel_class_ids: Optional[Sequence[int]] = None,
+                 extra_test_embeddings=None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         if not self.with_cls:
@@ -125,10 +195,17 @@ class BaronBBoxHead(BBoxHead):
         self.use_attn12_output = text_layer == 12
         self.cls_temp = cls_temp
         self.test_cls_temp = cls_temp if test_cls_temp is None else test_cls_temp
-        self.cls_embeddings_path = cls_embeddings_path
+        if isinstance(cls_embeddings_path, (list, tuple)):
+            cls_embeddings_path = first_existing(cls_embeddings_path)
+        # a printable name: embeddings may come in memory (Baron's vocabulary), not as a file
+        self.cls_embeddings_path = cls_embeddings_path if isinstance(cls_embeddings_path, str) \
+            else '<embeddings given in memory>'
 
         # The cls predictor becomes the region -> pseudo-word projection.
         in_features = self.fc_cls.in_features
+        if self.with_reg and isinstance(self.reg_predictor_cfg, (list, tuple)):
+            # ConvFC heads know their reg branch width; plain BBoxHead reads the RoI features
+            self.fc_reg = self._build_reg_mlp(getattr(self, 'reg_last_dim', in_features))
         cfg = self.cls_predictor_cfg.copy()
         cfg.update(in_features=in_features, out_features=num_words * word_dim)
         self.fc_cls = MODELS.build(cfg)
@@ -163,13 +240,45 @@ class BaronBBoxHead(BBoxHead):
 
         weight = self._class_weight(class_weight, novel_class_ids)
         self.register_buffer('class_weight', weight, persistent=False)
+        self.register_buffer('extra_test_embeddings', None, persistent=False)
+        if extra_test_embeddings is not None:
+            extra = load_cls_embeddings(extra_test_embeddings, None,
+                                        key='extra_test_embeddings')
+            if extra.shape[1] != dim:
+                raise ValueError(f'extra_test_embeddings has D={extra.shape[1]} but the class '
+                                 f'embeddings have D={dim}; both must come from the same text '
+                                 'path (see tools/data/gen_class_embeddings.py).')
+            if self.with_reg and not self.reg_class_agnostic:
+                raise ValueError('extra_test_embeddings needs reg_class_agnostic=True: the '
+                                 'extra classes have no box regressor of their own.')
+            self.extra_test_embeddings = extra
         self._clip = None
 
     # ------------------------------------------------------------------ configuration helpers
-    def _warn_if_space_mismatch(self, path: str):
+    def _build_reg_mlp(self, in_features: int) -> nn.Module:
+        """``reg_predictor_cfg`` given as a list of layers (the reference's 1024-1024-4 MLP:
+        Linear, ReLU, Linear) -> an ``nn.Sequential``; the first Linear's ``in_features`` and
+        the last one's ``out_features`` are filled in, as mmdet does for a single layer."""
+        layers = [dict(c) for c in self.reg_predictor_cfg]
+        linear = [i for i, c in enumerate(layers) if c.get('type') in ('Linear', nn.Linear)]
+        if not linear:
+            raise ValueError(f'reg_predictor_cfg={self.reg_predictor_cfg}: a list of layers '
+                             "needs at least one dict(type='Linear', ...).")
+        box_dim = self.bbox_coder.encode_size
+        out_dim = box_dim if self.reg_class_agnostic else box_dim * self.num_classes
+        layers[linear[0]]['in_features'] = in_features
+        layers[linear[-1]]['out_features'] = out_dim
+        return nn.Sequential(*[MODELS.build(c) for c in layers])
+
+
+    def _warn_if_space_mismatch(self, path):
         # Layer-k ("attn12") and projected outputs are different spaces with equal widths for
         # ViT-B/32, so a swapped file cannot be caught by shape; the file name usually tells.
-        name = osp.basename(str(path))
+        # Embeddings given in memory were built for this head's text layer (Baron's vocabulary)
+        # and have no name to judge by.
+        if not isinstance(path, str):
+            return
+        name = osp.basename(path)
         if ('attn' in name) != (self.text_layer is not None):
             print_log(
                 f"cls_embeddings_path='{path}' looks like "
@@ -183,6 +292,8 @@ class BaronBBoxHead(BBoxHead):
         num = self.num_classes
         if class_weight is None:
             weight = torch.ones(num + 1)
+        elif isinstance(class_weight, str):
+            weight = torch.cat([load_class_weight_file(class_weight, num), torch.ones(1)])
         else:
             weight = torch.as_tensor(list(class_weight), dtype=torch.float32)
             if weight.numel() == num:
@@ -239,6 +350,7 @@ class BaronBBoxHead(BBoxHead):
                              'reg_class_agnostic=True (the box regressor has per-class outputs).')
         self.cls_embeddings = F.normalize(embeddings.detach().float(), dim=-1).to(
             self.cls_embeddings.device)
+        self.extra_test_embeddings = None  # they belonged to the old vocabulary
         if self.class_weight is not None and self.class_weight.numel() != num + 1:
             self.class_weight = None
         self.num_classes = num
@@ -283,11 +395,17 @@ class BaronBBoxHead(BBoxHead):
 
     def cls_logits(self, region_embeddings: Tensor) -> Tensor:
         """temperature x cosine(region, class) [N, num_classes + 1], computed in fp32 (a bf16
-        logit of magnitude ~50 would be rounded to steps of 0.25)."""
+        logit of magnitude ~50 would be rounded to steps of 0.25). In evaluation with
+        ``extra_test_embeddings`` [K, D]: [N, num_classes + K + 1], the extra classes before
+        the background."""
         with torch.autocast(device_type=region_embeddings.device.type, enabled=False):
             region = F.normalize(region_embeddings.float(), dim=-1)
             temp = self.cls_temp if self.training else self.test_cls_temp
-            logits = temp * region @ self.class_embeddings_with_bg().float().t()
+            classes = self.class_embeddings_with_bg().float()
+            if not self.training and self.extra_test_embeddings is not None:
+                extra = self.extra_test_embeddings.float().to(classes.device)
+                classes = torch.cat([classes[:-1], extra, classes[-1:]])
+            logits = temp * region @ classes.t()
             if self.training and self.cls_bias is not None:
                 logits = logits + self.cls_bias.float()
         return logits
@@ -325,12 +443,26 @@ class BaronBBoxHead(BBoxHead):
                                 img_meta: dict, rescale: bool = False,
                                 rcnn_test_cfg=None) -> InstanceData:
         """mmdet's post-processing; with a sigmoid loss the scores are sigmoids, not a softmax
-        (mmdet's BBoxHead always applies softmax to plain losses)."""
-        if not getattr(self.loss_cls, 'use_sigmoid', False) or roi.shape[0] == 0:
+        (mmdet's BBoxHead always applies softmax to plain losses); ``extra_test_embeddings``
+        columns are scored, then their detections dropped."""
+        num_extra = cls_score.shape[-1] - self.num_classes - 1 if cls_score is not None else 0
+        sigmoid = getattr(self.loss_cls, 'use_sigmoid', False)
+        if roi.shape[0] == 0 or (not sigmoid and num_extra == 0):
             return super()._predict_by_feat_single(roi, cls_score, bbox_pred, img_meta,
                                                    rescale=rescale, rcnn_test_cfg=rcnn_test_cfg)
-        scores = cls_score.sigmoid()
-        # From here on: mmdet 3.3.0 BBoxHead._predict_by_feat_single, unchanged.
+        scores = cls_score.sigmoid() if sigmoid else F.softmax(cls_score, dim=-1)
+        results = self._post_process(roi, scores, bbox_pred, img_meta, rescale, rcnn_test_cfg)
+        if num_extra == 0:
+            return results
+        if rcnn_test_cfg is None:  # raw scores: the reported classes and the background
+            keep = list(range(self.num_classes)) + [scores.shape[-1] - 1]
+            results.scores = results.scores[:, keep]
+            return results
+        return results[results.labels < self.num_classes]
+
+    def _post_process(self, roi, scores, bbox_pred, img_meta, rescale, rcnn_test_cfg):
+        # mmdet 3.3.0 BBoxHead._predict_by_feat_single after its softmax, unchanged: decoding,
+        # rescaling, multiclass NMS over every scored column (the extra ones included).
         results = InstanceData()
         img_shape = img_meta['img_shape']
         num_rois = roi.size(0)
@@ -367,7 +499,27 @@ class BaronBBoxHead(BBoxHead):
 @MODELS.register_module()
 class BaronConvFCBBoxHead(BaronBBoxHead, ConvFCBBoxHead):
     """:class:`BaronBBoxHead` with mmdet's ConvFC layout: shared convs/fcs, then cls and reg
-    branches; the cls branch ends in the pseudo-word projection. Same args as both parents."""
+    branches; the cls branch ends in the pseudo-word projection. Same args as both parents,
+    plus:
+
+    Args:
+        norm_eval: keep the norm layers of the convs in eval mode while training (running
+            statistics frozen; with ``norm_cfg=dict(type='BN', requires_grad=False)`` their
+            affine parameters are frozen too), BARON's OV-COCO box head: bag regions pass
+            through it without changing the statistics. mmdet's ConvFCBBoxHead lacks it.
+    """
+
+    def __init__(self, *args, norm_eval: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.norm_eval = norm_eval
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def _forward_branches(self, x: Tensor):
         return ConvFCBBoxHead.forward(self, x)

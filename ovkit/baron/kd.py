@@ -6,7 +6,9 @@ path: gradients flow into the detector through the words). The CLIP image encode
 bag's spanned box (the teacher, no gradients). A symmetric InfoNCE pulls the two together,
 with in-batch bags and queued features of earlier batches as negatives. A weaker single-region
 loss does the same for each member region: the text encoder's outputs at the region's words
-within the bag sentence, against CLIP patch features pooled over the region.
+within the bag sentence, against CLIP patch features pooled over the region. As in the
+reference, both sides of it read MaskCLIP-style tokens by default (the last block's value path,
+anchored at the end token / class token; see ``ovkit.clip.model._value_path_forward``).
 """
 import inspect
 import math
@@ -19,6 +21,7 @@ from mmdet.registry import MODELS
 from torchvision.ops import roi_align
 
 from .bag_sampler import BagSampler
+from .boxes_cache import build_boxes_cache
 from .queues import FeatureQueue
 
 __all__ = ['BaronKD', 'BoxPositionEmbedding', 'symmetric_info_nce']
@@ -69,7 +72,8 @@ class BoxPositionEmbedding(nn.Module):
     """(cx, cy, w, h) of a region within its bag -> offsets for its ``num_words`` words.
 
     Without it a bag's sentence would not say where each region lies in the spanned box.
-    Sine features of the four numbers, then Linear-LayerNorm-Linear, as in the reference.
+    Sine features of the four numbers, then Linear-LayerNorm-Linear, as in the reference (same
+    feature layout: per coordinate, sin and cos of each frequency interleaved).
     """
 
     def __init__(self, num_words, word_dim, num_feats=128, temperature=1.2):
@@ -86,7 +90,7 @@ class BoxPositionEmbedding(nn.Module):
 
     def forward(self, pos):
         angles = pos.float()[:, :, None] * self.freqs
-        feats = torch.cat([angles.sin(), angles.cos()], -1).flatten(1)
+        feats = torch.stack([angles.sin(), angles.cos()], -1).flatten(1)
         return self.proj(feats).view(-1, self.num_words, self.word_dim)
 
 
@@ -103,14 +107,21 @@ class BaronKD(nn.Module):
         single_temp, single_weight: the same for the single-region loss (50, 0.1); weight 0
             skips it (and the dense teacher pass).
         queue_length: entries per queue (4 queues: bag text/image, region text/image).
-        word_drop_ratio: in training each word is dropped with this probability (at least one
-            word of a region is kept), so a bag cannot be matched from a few dominant words.
+        word_drop_ratio: in training each word of each sentence is dropped with this probability
+            (at least one word of a region is kept), so a bag cannot be matched from a few
+            dominant words.
         pos_feats: sine features per coordinate in :class:`BoxPositionEmbedding`.
         clip_pixel_scale: pixel value of 1.0 in CLIP's ``image_mean``/``image_std`` units;
             None guesses 255 when those are all <= 1 (open_clip style) and 1 otherwise.
+        single_features: token features of the single-region loss: ``'maskclip'`` (the
+            reference: word tokens and patch tokens through the last block's value path) or
+            ``'plain'`` (ordinary causal word outputs and ViT patch outputs).
+        boxes_cache: kwargs of :class:`ovkit.baron.BoxesCache` (``start_iter``,
+            ``num_boxes``, ``nms_thr``, ``score_thr``), or None for no cache.
 
     The queues are non-persistent buffers (see :class:`FeatureQueue`); they are updated after
-    the loss, without gradients, and only in training mode.
+    the loss, without gradients, and only in training mode. ``kd_iter`` counts training calls
+    (a persistent buffer, so a resumed run starts the boxes cache on time).
     """
 
     QUEUES = ('bag_text', 'bag_image', 'single_text', 'single_image')
@@ -127,8 +138,13 @@ class BaronKD(nn.Module):
                  queue_length=1024,
                  word_drop_ratio=0.5,
                  pos_feats=128,
-                 clip_pixel_scale=None):
+                 clip_pixel_scale=None,
+                 single_features='maskclip',
+                 boxes_cache=None):
         super().__init__()
+        if single_features not in ('maskclip', 'plain'):
+            raise ValueError(f"single_features={single_features!r}: use 'maskclip' (the "
+                             "reference's value-path tokens) or 'plain'.")
         if not 0.0 <= word_drop_ratio < 1.0:
             raise ValueError(f'word_drop_ratio must lie in [0, 1), got {word_drop_ratio}')
         if bag_weight < 0 or single_weight < 0:
@@ -142,6 +158,9 @@ class BaronKD(nn.Module):
         self.pos_embed = BoxPositionEmbedding(num_words, word_dim, pos_feats)
         self.queues = nn.ModuleDict({k: FeatureQueue(queue_length, embed_dim)
                                      for k in self.QUEUES})
+        self.single_features = single_features
+        self.boxes_cache = build_boxes_cache(boxes_cache)
+        self.register_buffer('kd_iter', torch.zeros((), dtype=torch.long))
         self._next_anon_id = 0
 
     # ------------------------------------------------------------------ forward
@@ -158,9 +177,9 @@ class BaronKD(nn.Module):
             batch_img_metas: per image a dict with ``img_shape`` and optionally ``img_id``
                 (missing ids come from a counter, i.e. every image counts as new).
             mean, std: the detector data preprocessor's 3-channel mean and std.
-            clip: the CLIP wrapper (``encode_pseudo_text`` (with ``return_word_tokens`` for
-                the single-region loss), ``encode_image``, ``encode_image_dense``,
-                ``image_size``, ``image_mean``, ``image_std``).
+            clip: the CLIP wrapper (``encode_pseudo_text`` (with ``return_word_tokens`` and
+                ``word_token_mode`` for the single-region loss), ``encode_image`` (with
+                ``dense_mode`` for it), ``image_size``, ``image_mean``, ``image_std``).
             boxes_to_words: ``(x_feats, rois [R, 5]) -> [R, num_words, word_dim]``.
             batch_gt_bboxes: per image [g, 4] boxes, used when the sampler has ``use_gt``.
             generator: ``torch.Generator`` for the bags and the word dropout.
@@ -182,7 +201,17 @@ class BaronKD(nn.Module):
         except (KeyError, TypeError) as e:
             raise ValueError('every entry of batch_img_metas needs an img_shape (h, w)') from e
         proposals = [_as_proposals(r) for r in rpn_results]
-        samples = self.sampler.sample(proposals, img_shapes, batch_gt_bboxes, generator)
+        if batch_gt_bboxes is not None and len(batch_gt_bboxes) != num_imgs:
+            raise ValueError(f'{len(batch_gt_bboxes)} gt_bboxes tensors for {num_imgs} images')
+        use_gt = self.sampler.use_gt and batch_gt_bboxes is not None
+        centres = [self.sampler.select_centres(p, shape, batch_gt_bboxes[i] if use_gt else None,
+                                               return_scores=True)
+                   for i, (p, shape) in enumerate(zip(proposals, img_shapes))]
+        if self.training:
+            if self.boxes_cache is not None:
+                centres = self.boxes_cache.merge(centres, batch_img_metas, int(self.kd_iter))
+            self.kd_iter += 1
+        samples = self.sampler.sample_from_centres(centres, img_shapes, generator)
         image_ids = self._image_ids(batch_img_metas)
         device = batch_inputs.device
         batch = _collate(samples, image_ids, device)
@@ -198,7 +227,6 @@ class BaronKD(nn.Module):
                              f'word_dim={self.word_dim})')
         entry_words = words[batch['region_index']] \
             + self.pos_embed(batch['box_pos']).to(words.dtype)
-        keep = self._word_keep_mask(entry_words.shape[0], device, generator)
 
         # student: each word order of each bag is one sentence
         seq = batch['sequences']
@@ -207,11 +235,16 @@ class BaronKD(nn.Module):
         seq, present = seq[:, :length], present[:, :length]
         idx = seq.clamp(min=0)
         seq_words = (entry_words[idx] * present[..., None, None]).flatten(1, 2)
-        seq_valid = (keep[idx] & present[..., None]).flatten(1, 2)
+        # word dropout per word of each sentence: the two word orders of a bag drop different
+        # words, as the reference's per-permutation masks do
+        keep = self._word_keep_mask(seq.numel(), device, generator).view(*seq.shape, -1)
+        seq_valid = (keep & present[..., None]).flatten(1, 2)
         single = self.single_weight > 0
+        maskclip = self.single_features == 'maskclip'
         if single:
-            bag_text, word_tokens = clip.encode_pseudo_text(seq_words, seq_valid, normalize=True,
-                                                            return_word_tokens=True)
+            bag_text, word_tokens = clip.encode_pseudo_text(
+                seq_words, seq_valid, normalize=True, return_word_tokens=True,
+                word_token_mode='maskclip' if maskclip else 'causal')
         else:
             bag_text = clip.encode_pseudo_text(seq_words, seq_valid, normalize=True)
         bag_text = bag_text.float()
@@ -220,9 +253,14 @@ class BaronKD(nn.Module):
         # teacher: CLIP on the spanned boxes
         with torch.no_grad():
             crops = self.clip_crops(batch_inputs, mean, std, clip, batch['span_rois'])
-            bag_image = clip.encode_image(crops, normalize=True).float()
+            if single:  # one pass gives the global and the dense features
+                bag_image, dense = clip.encode_image(
+                    crops, normalize=True, dense_mode='maskclip' if maskclip else 'plain')
+                dense = dense.float()
+            else:
+                bag_image, dense = clip.encode_image(crops, normalize=True), None
+            bag_image = bag_image.float()
             self._check_dim(bag_image, 'encode_image')
-            dense = clip.encode_image_dense(crops).float() if single else None
 
         seq_bag, seq_img = batch['seq_bag'], batch['seq_img_ids']
         loss_bag = symmetric_info_nce(
@@ -285,7 +323,7 @@ class BaronKD(nn.Module):
         """Average CLIP's dense features [G, D, h, w] of each bag over each member region.
 
         ``box_pos`` is (cx, cy, w, h) in the bag's unit frame, which is also the crop's frame.
-        Adaptive sampling (ratio 0) covers every feature cell under the region.
+        Average of roi_align samples (sampling ratio 2, as the reference) in one output cell.
         """
         h, w = dense.shape[-2:]
         xy1 = box_pos[:, :2] - box_pos[:, 2:] / 2
@@ -293,7 +331,7 @@ class BaronKD(nn.Module):
         scale = box_pos.new_tensor([w, h, w, h])
         rois = torch.cat([bag_ids[:, None].to(box_pos), torch.cat([xy1, xy2], 1) * scale], 1)
         pooled = roi_align(dense, rois.to(dense.dtype), (1, 1), spatial_scale=1.0,
-                           sampling_ratio=0, aligned=True)
+                           sampling_ratio=2, aligned=True)
         return F.normalize(pooled.flatten(1), dim=-1)
 
     # ------------------------------------------------------------------ helpers
@@ -327,20 +365,21 @@ class BaronKD(nn.Module):
         return sum(p.sum() for p in params) * 0.0
 
     def _check_clip(self, clip):
-        for attr in ('encode_pseudo_text', 'encode_image', 'encode_image_dense', 'image_size',
-                     'image_mean', 'image_std'):
+        for attr in ('encode_pseudo_text', 'encode_image', 'image_size', 'image_mean',
+                     'image_std'):
             if not hasattr(clip, attr):
                 raise TypeError(f'clip object lacks {attr!r}; BaronKD needs the ovkit.clip '
                                 f'interface')
         if self.single_weight > 0:
-            try:
-                params = inspect.signature(clip.encode_pseudo_text).parameters
-            except (TypeError, ValueError):
-                params = {}
-            if 'return_word_tokens' not in params:
-                raise TypeError('the single-region loss needs clip.encode_pseudo_text(..., '
-                                'return_word_tokens=True); use ovkit.clip or set '
-                                'single_weight=0')
+            for method, arg in (('encode_pseudo_text', 'word_token_mode'),
+                                ('encode_image', 'dense_mode')):
+                try:
+                    params = inspect.signature(getattr(clip, method)).parameters
+                except (TypeError, ValueError):
+                    params = {}
+                if arg not in params:
+                    raise TypeError(f'the single-region loss needs clip.{method}(..., {arg}=); '
+                                    'use ovkit.clip or set single_weight=0')
         for attr, mine in (('text_width', self.word_dim), ('embed_dim', self.embed_dim)):
             theirs = getattr(clip, attr, mine)
             if theirs != mine:

@@ -12,13 +12,12 @@ import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from mmengine.fileio import load
-from mmengine.logging import MMLogger
-from terminaltables import AsciiTable
-
 from mmdet.datasets.api_wrappers import COCO, COCOeval
 from mmdet.evaluation.metrics import CocoMetric
 from mmdet.registry import METRICS
+from mmengine.fileio import load
+from mmengine.logging import MMLogger
+from terminaltables import AsciiTable
 
 _SPLITS = ('novel', 'base')
 

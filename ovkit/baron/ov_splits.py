@@ -10,8 +10,10 @@ writes ``<stem>_ov_base.json`` (annotations of the base classes only: what the d
 on) and ``<stem>_ov_all.json`` (annotations of all 65 classes: what it is evaluated on). Both
 carry the same 65 categories, each with ``split: base|novel``, in the order of
 ``coco_ov_65.txt`` (shipped in ``ovkit/metadata``) so that mmdet's label index equals the row
-of the class embeddings. Images left without an annotation are dropped unless
-``--keep-empty-images``.
+of the class embeddings. Every image is kept, as in BARON's reference files: its KD batch
+draws training images whose objects are all novel (the detection batch filters them with
+``filter_empty_gt``), and the evaluation runs on all 5000 val images (detections on images
+without a box of the 65 classes are false positives). ``--drop-empty-images`` drops them.
 
 OV-LVIS (rare classes are novel):
 
@@ -20,7 +22,10 @@ OV-LVIS (rare classes are novel):
 
 writes ``<stem>_norare.json``: the annotations of rare (``frequency == 'r'``) categories are
 removed, everything else (images, their ``neg_category_ids``, the categories) is kept, as in
-Detic's ``lvis_v1_train_norare.json``; categories gain ``split`` (r: novel, c/f: base).
+Detic's ``lvis_v1_train_norare.json``; categories gain ``split`` (r: novel, c/f: base). And
+``<stem>_norare_cat_info.json``: per category (by id) its ``image_count`` and
+``instance_count`` in the no-rare annotations (Detic's ``lvis_v1_train_cat_norare_info.json``),
+from which BARON's OV-LVIS config takes its class weights (0 for the rare classes).
 """
 import argparse
 import json
@@ -89,7 +94,7 @@ def _stem(path):
 
 
 def coco_ov_split(ann, out_dir, classes_file=DEFAULT_CLASSES, novel_file=DEFAULT_NOVEL,
-                  keep_empty_images=False, only=('base', 'all')):
+                  keep_empty_images=True, only=('base', 'all')):
     """Write ``<stem>_ov_base.json`` / ``<stem>_ov_all.json`` for one COCO json.
 
     Returns ``{kind: dict(path, images, annotations, per_split)}`` with the written counts.
@@ -163,8 +168,18 @@ def lvis_norare(ann, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     path = osp.join(out_dir, f'{_stem(ann)}_norare.json')
     _write(out, path)
-    return dict(path=path, images=len(data['images']), annotations=len(anns),
-                removed=len(data['annotations']) - len(anns),
+    images_of = {}
+    for a in anns:
+        images_of.setdefault(a['category_id'], set()).add(a['image_id'])
+    instances = Counter(a['category_id'] for a in anns)
+    cat_info = [dict(id=c['id'], name=c.get('name'), frequency=c['frequency'],
+                     image_count=len(images_of.get(c['id'], ())),
+                     instance_count=instances.get(c['id'], 0))
+                for c in sorted(data['categories'], key=lambda c: c['id'])]
+    info_path = osp.join(out_dir, f'{_stem(ann)}_norare_cat_info.json')
+    _write(cat_info, info_path)
+    return dict(path=path, cat_info=info_path, images=len(data['images']),
+                annotations=len(anns), removed=len(data['annotations']) - len(anns),
                 per_split=dict(Counter(split_of.values())))
 
 
@@ -178,8 +193,9 @@ def parse_args(argv=None):
     coco.add_argument('--out-dir', required=True)
     coco.add_argument('--classes', default=DEFAULT_CLASSES, help='the 65 OV-COCO class names')
     coco.add_argument('--novel', default=DEFAULT_NOVEL, help='the 17 novel class names')
-    coco.add_argument('--keep-empty-images', action='store_true',
-                      help='keep images left without annotations (default: drop them)')
+    coco.add_argument('--drop-empty-images', action='store_true',
+                      help='drop images left without annotations (default: keep every image, '
+                           "as BARON's KD batch and the full-val evaluation need)")
     coco.add_argument('--only', choices=('base', 'all'), default=None,
                       help='write only this file per --ann (default: both)')
     lvis = sub.add_parser('lvis', help='OV-LVIS: <stem>_norare.json without rare classes')
@@ -195,7 +211,7 @@ def main(argv=None):
             if args.dataset == 'coco':
                 only = (args.only,) if args.only else ('base', 'all')
                 res = coco_ov_split(ann, args.out_dir, args.classes, args.novel,
-                                    args.keep_empty_images, only)
+                                    not args.drop_empty_images, only)
                 for r in res.values():
                     print(f"{r['path']}: {r['images']} images, {r['annotations']} annotations "
                           f"(base {r['per_split'].get('base', 0)}, "
@@ -205,7 +221,7 @@ def main(argv=None):
                 print(f"{r['path']}: {r['images']} images, {r['annotations']} annotations kept, "
                       f"{r['removed']} rare-class annotations removed; categories: "
                       f"{r['per_split'].get('base', 0)} base, {r['per_split'].get('novel', 0)} "
-                      'novel (rare)')
+                      f"novel (rare); category info (class weights): {r['cat_info']}")
     except SplitError as e:
         sys.exit(f'make_ov_splits: error: {e}')
 

@@ -44,6 +44,17 @@ class BaronRoIHead(StandardRoIHead):
             feats = self.shared_head(feats)
         return self.bbox_head.rois_to_words(feats)
 
+    def kd_loss(self, x, rpn_results_list, batch_data_samples, batch_inputs, mean, std):
+        """The bag losses alone, on a batch of their own (BARON's separate KD images): ``x``
+        their features, ``rpn_results_list`` their proposals (with scores)."""
+        if self.kd is None:
+            raise RuntimeError('kd_loss needs roi_head.kd (a BaronKD config).')
+        return self.kd(
+            x, rpn_results_list, batch_inputs, [s.metainfo for s in batch_data_samples],
+            mean, std, self._clip, self.boxes_to_words,
+            batch_gt_bboxes=[s.gt_instances.bboxes if 'gt_instances' in s
+                             else batch_inputs.new_zeros(0, 4) for s in batch_data_samples])
+
     def loss(self, x, rpn_results_list, batch_data_samples):
         # StandardRoIHead.loss renames the proposals' `bboxes` in place; keep them for the bags.
         proposals = None

@@ -31,6 +31,10 @@ _OPENAI_META_KEYS = ('input_resolution', 'context_length', 'vocab_size')
 
 def checkpoint_hint(model_name: str, key: str = 'clip_cfg.checkpoint') -> str:
     """How to obtain the weights for ``model_name``: appended to every missing-file error."""
+    if model_name == 'tiny':  # ovkit's own architecture: nothing to download, it is trained here
+        return ('The tiny CLIP that knows the shapes classes is made by '
+                '`python tools/data/train_shapes_clip.py --out-dir data/shapes/clip --seed 0` '
+                f'(a few CPU minutes; docs/baron.md); without {key} the tiny CLIP is random.')
     url = ''
     try:
         from open_clip.pretrained import get_pretrained_url

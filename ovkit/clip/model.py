@@ -36,6 +36,42 @@ def _block_forward(block: nn.Module, x: torch.Tensor, causal: bool) -> torch.Ten
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def _value_path_forward(block: nn.Module, x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP-style outputs of ``block`` for every token of its input ``x`` [N, L, C].
+
+    Each token skips the attention mixing: it keeps only its own value, ``out_proj(v(ln_1(x)))``,
+    added to ``anchor`` [N, C] (the input of the token the sequence is summarised at: the end
+    token of a text, the class token of an image) instead of to itself, then the block's MLP
+    residual as usual. Read from the BARON reference's last-block ``return_tokens`` path; this
+    is what its single-region loss compares on both the text and the image side.
+    """
+    attn = block.attn
+    width = x.shape[-1]
+    value = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width:],
+                     attn.in_proj_bias[2 * width:] if attn.in_proj_bias is not None else None)
+    tokens = anchor[:, None] + block.ls_1(attn.out_proj(value))
+    return tokens + block.ls_2(block.mlp(block.ln_2(tokens)))
+
+
+# How per-token outputs are read: the ordinary transformer outputs, or the value path above.
+TOKEN_MODES = ('causal', 'maskclip')
+
+
+def _check_token_mode(mode: str, arg: str):
+    if mode not in TOKEN_MODES:
+        raise ValueError(f'{arg}={mode!r}: use one of {TOKEN_MODES} (maskclip: the value-path '
+                         'tokens of the last block, as the BARON reference reads them).')
+
+
+# Dense image features: the ordinary patch outputs or the value path (MaskCLIP).
+DENSE_MODES = ('plain', 'maskclip')
+
+
+def _check_dense_mode(mode: str):
+    if mode not in DENSE_MODES:
+        raise ValueError(f'dense mode {mode!r}: use one of {DENSE_MODES}.')
+
+
 @functools.lru_cache(maxsize=None)
 def _tokenizer(context_length: int):
     """open_clip's BPE tokenizer (bundled vocabulary, no download); built once per process."""
@@ -137,21 +173,31 @@ class CLIPModel(nn.Module):
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
     def _encode_sequence(self, x: torch.Tensor, end_idx: torch.Tensor, layer: Optional[int],
-                         normalize: bool):
+                         normalize: bool, token_mode: str = 'causal'):
         """Run embedded tokens ``x`` [N, L, C] (positions already added) through the blocks.
 
         Returns the end-token feature and all token outputs, both in the output space of
-        ``layer`` (``None``: ln_final + projection; ``k``: raw output of block k).
+        ``layer`` (``None``: ln_final + projection; ``k``: raw output of block k). With
+        ``token_mode='maskclip'`` the token outputs are the value-path outputs of the last block
+        run (:func:`_value_path_forward`, anchored at the end token's input to that block).
         """
-        blocks = self.model.transformer.resblocks
-        for block in blocks[:self.num_text_layers if layer is None else layer]:
+        blocks = self.model.transformer.resblocks[:self.num_text_layers if layer is None
+                                                  else layer]
+        rows = torch.arange(x.shape[0], device=x.device)
+        tokens = None
+        for i, block in enumerate(blocks):
+            if token_mode == 'maskclip' and i == len(blocks) - 1:
+                tokens = _value_path_forward(block, x, x[rows, end_idx])
             x = _block_forward(block, x, causal=True)
+        if tokens is None:
+            tokens = x
         if layer is None:
             x = self._project(self.model.ln_final(x))
-        feat = x[torch.arange(x.shape[0], device=x.device), end_idx]
+            tokens = x if token_mode == 'causal' else self._project(self.model.ln_final(tokens))
+        feat = x[rows, end_idx]
         if normalize:
             feat = F.normalize(feat, dim=-1)
-        return feat, x
+        return feat, tokens
 
     def encode_text(self, tokens: torch.Tensor, layer: Optional[int] = None,
                     normalize: bool = True) -> torch.Tensor:
@@ -182,7 +228,7 @@ class CLIPModel(nn.Module):
 
     def encode_pseudo_text(self, words: torch.Tensor, valid_mask: Optional[torch.Tensor] = None,
                            layer: Optional[int] = None, normalize: bool = True,
-                           return_word_tokens: bool = False):
+                           return_word_tokens: bool = False, word_token_mode: str = 'causal'):
         """Encode pseudo words [N, W, text_width] as if they were the words of a prompt.
 
         Each row becomes [start, kept words packed to the front in order, end, pad...] with pad =
@@ -191,8 +237,12 @@ class CLIPModel(nn.Module):
         Returns [N, D] (end-token feature; D = embed_dim for ``layer=None``, text_width for
         ``layer=k``); with ``return_word_tokens`` also [N, W, D] per-word outputs (same space,
         not normalised; zero where a word was dropped), in the words' original slots.
+        ``word_token_mode``: ``'causal'`` reads the ordinary outputs at the words' positions;
+        ``'maskclip'`` reads each word through the last block's value path anchored at the end
+        token (:func:`_value_path_forward`), the reference's single-region text features.
         """
         self._check_layer(layer)
+        _check_token_mode(word_token_mode, 'word_token_mode')
         if words.dim() != 3 or words.shape[-1] != self.text_width:
             raise ValueError(f'words must be [N, W, {self.text_width}] (text_width of CLIP '
                              f"'{self.model_name}'), got {tuple(words.shape)}.")
@@ -232,7 +282,8 @@ class CLIPModel(nn.Module):
         table = torch.cat([words.to(dtype), special.expand(num, 3, width)], dim=1)
         x = table.gather(1, src[..., None].expand(num, length, width))
         x = x + self.model.positional_embedding[:length].to(device)
-        feat, tokens = self._encode_sequence(x, kept + 1, layer, normalize)
+        feat, tokens = self._encode_sequence(x, kept + 1, layer, normalize,
+                                             word_token_mode if return_word_tokens else 'causal')
         if not return_word_tokens:
             return feat
         # Where did original word w go? position 1 + (number of kept words before it).
@@ -274,8 +325,13 @@ class CLIPModel(nn.Module):
                              align_corners=False).to(pos.dtype)
         return torch.cat([pos[:1], grid.flatten(2).transpose(1, 2)[0]], dim=0)
 
-    def _visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """ViT token outputs after the last block, [N, 1 + h*w, width], and the grid size."""
+    def _visual_tokens(self, images: torch.Tensor, dense_mode: Optional[str] = None):
+        """ViT token outputs after the last block [N, 1 + h*w, width], the patch tokens for the
+        dense map ([N, h*w, width]; None without ``dense_mode``) and the grid size.
+
+        ``dense_mode='plain'``: the ordinary patch outputs; ``'maskclip'``: the last block's
+        value path anchored at the class token (:func:`_value_path_forward`).
+        """
         self._check_vit()
         self._check_images(images)
         visual = self.model.visual
@@ -285,35 +341,57 @@ class CLIPModel(nn.Module):
         cls = visual.class_embedding.to(x.dtype).view(1, 1, width).expand(n, 1, width)
         x = torch.cat([cls, x], dim=1) + self._visual_pos_embed(grid_h, grid_w).to(x.dtype)
         x = visual.ln_pre(x)
-        for block in visual.transformer.resblocks:
+        blocks = visual.transformer.resblocks
+        dense = None
+        for i, block in enumerate(blocks):
+            if dense_mode == 'maskclip' and i == len(blocks) - 1:
+                dense = _value_path_forward(block, x[:, 1:], x[:, 0])
             x = _block_forward(block, x, causal=False)
-        return x, (grid_h, grid_w)
+        if dense_mode == 'plain':
+            dense = x[:, 1:]
+        return x, dense, (grid_h, grid_w)
 
     def _visual_project(self, x: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual
         x = visual.ln_post(x)
         return x @ visual.proj if visual.proj is not None else x
 
-    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Global image embedding [N, embed_dim] of CLIP-normalised images [N, 3, S, S]."""
-        if images.shape[0] == 0:
-            return self.model.positional_embedding.new_zeros(0, self.embed_dim)
-        tokens, _ = self._visual_tokens(images)
-        feat = self._visual_project(tokens[:, 0])
-        return F.normalize(feat, dim=-1) if normalize else feat
+    def _dense_map(self, tokens: torch.Tensor, grid, normalize: bool) -> torch.Tensor:
+        feat = self._visual_project(tokens)
+        if normalize:
+            feat = F.normalize(feat, dim=-1)
+        return feat.transpose(1, 2).reshape(feat.shape[0], feat.shape[2], *grid)
 
-    def encode_image_dense(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor, normalize: bool = True,
+                     dense_mode: Optional[str] = None):
+        """Global image embedding [N, embed_dim] of CLIP-normalised images [N, 3, S, S].
+
+        With ``dense_mode`` (see :meth:`encode_image_dense`) also the dense map from the same
+        pass: ``(global, dense)``, the dense map never normalised.
+        """
+        if dense_mode is not None:
+            _check_dense_mode(dense_mode)
+        tokens, dense, grid = self._visual_tokens(images, dense_mode)
+        feat = self._visual_project(tokens[:, 0])
+        feat = F.normalize(feat, dim=-1) if normalize and feat.shape[0] else feat
+        if dense_mode is None:
+            return feat
+        return feat, self._dense_map(dense, grid, False)
+
+    def encode_image_dense(self, images: torch.Tensor, normalize: bool = False,
+                           mode: str = 'plain') -> torch.Tensor:
         """Projected patch tokens as a map [N, embed_dim, H/patch, W/patch] for roi_align.
 
         Each patch token goes through ln_post and the image projection like the class token, so
-        pooled regions live in the image-text embedding space. Inputs of another size than
-        ``image_size`` get bicubically resized positional embeddings. Not normalised by default.
+        pooled regions live in the image-text embedding space. ``mode='plain'``: the ViT's patch
+        outputs; ``'maskclip'``: the last block's value path anchored at the class token (each
+        patch keeps its own content instead of the attention mix, as in MaskCLIP and BARON's
+        reference). Inputs of another size than ``image_size`` get bicubically resized
+        positional embeddings. Not normalised by default.
         """
-        tokens, (grid_h, grid_w) = self._visual_tokens(images)
-        feat = self._visual_project(tokens[:, 1:])
-        if normalize:
-            feat = F.normalize(feat, dim=-1)
-        return feat.transpose(1, 2).reshape(feat.shape[0], feat.shape[2], grid_h, grid_w)
+        _check_dense_mode(mode)
+        _, dense, grid = self._visual_tokens(images, mode)
+        return self._dense_map(dense, grid, normalize)
 
     def extra_repr(self) -> str:
         return (f"model_name='{self.model_name}', text_width={self.text_width}, "

@@ -23,7 +23,9 @@ def parse_args(argv=None):
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
-    parser.add_argument('--out', type=str, help='dump raw predictions to this pickle file')
+    parser.add_argument('--out', type=str,
+                        help='dump raw predictions to this .pkl/.pickle file (detection: '
+                             "mmdet's DumpDetResults, masks RLE-encoded)")
     parser.add_argument('--show', action='store_true', help='show predictions in a window')
     parser.add_argument('--show-dir', help='draw predictions into images under this dir '
                         '(relative to the run\'s log dir, as in mmdet)')
@@ -37,6 +39,9 @@ def parse_args(argv=None):
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    # checked before anything is built, so a typo costs no model or dataset loading
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error(f'--out {args.out}: the output file must end in .pkl or .pickle')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -73,16 +78,24 @@ def build_cfg(args):
     return cfg
 
 
+def dump_metric(cfg, out):
+    """The metric that writes ``--out``: mmdet's ``DumpDetResults`` for detection configs
+    (it drops the images from the results and RLE-encodes masks, as mmdet's tools/test.py),
+    mmengine's ``DumpResults`` for the other hosts."""
+    if cfg.get('default_scope') == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        return DumpDetResults(out_file_path=out)
+    return DumpResults(out_file_path=out)
+
+
 def main(argv=None):
     args = parse_args(argv)
     # Inputs checked before anything starts; errors of ovkit.engine print one line, once.
     with exit_on_user_error():
         cfg = checked_cfg('test', args, build_cfg)
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        if args.out is not None:
-            if not args.out.endswith(('.pkl', '.pickle')):
-                raise ValueError(f'--out {args.out}: the output file must be a .pkl file')
-            runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+        if args.out is not None:  # suffix checked in parse_args
+            runner.test_evaluator.metrics.append(dump_metric(cfg, args.out))
         # Checkpoint fit (unless --allow-partial), annotation sanity, skipped samples.
         guards.install(runner, 'test', checkpoint=args.checkpoint,
                        allow_partial=args.allow_partial)

@@ -10,8 +10,12 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
 
-from ovkit.baron.bbox_head import (BaronBBoxHead, BaronConvFCBBoxHead, BaronShared2FCBBoxHead,
-                                   BaronShared4Conv1FCBBoxHead)
+from ovkit.baron.bbox_head import (
+    BaronBBoxHead,
+    BaronConvFCBBoxHead,
+    BaronShared2FCBBoxHead,
+    BaronShared4Conv1FCBBoxHead,
+)
 from ovkit.clip import build_clip
 
 NUM_CLASSES, DIM, IN_CH = 5, 64, 8
@@ -365,3 +369,152 @@ def test_new_vocabulary_at_test_time(clip, emb_file):
     with pytest.raises(ValueError, match='reg_class_agnostic=True'):
         specific.set_class_embeddings(new)
 
+
+
+# --------------------------------------------------------------------------- recipe options
+def test_background_weight_scales_background_samples(clip, emb_file):
+    """class_weight with num_classes + 1 entries: BARON's OV-COCO KD config gives the
+    background 0.7 (the reference's CustomCrossEntropyLoss: per-sample weight, mean over all
+    samples)."""
+    head = make_head(clip, emb_file, class_weight=[1] * NUM_CLASSES + [0.7]).train()
+    cls_score = torch.randn(6, NUM_CLASSES + 1)
+    labels = torch.tensor([0, 5, 2, 5, 4, 5])
+    losses = head.loss(cls_score, None, None, labels, torch.ones(6), None, None)
+    nll = F.cross_entropy(cls_score, labels, reduction='none')
+    expected = (nll * torch.where(labels == NUM_CLASSES, 0.7, 1.0)).sum() / 6
+    assert losses['loss_cls'].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_class_weight_from_category_info_removes_unseen_classes(clip, emb_file, tmp_path):
+    import json
+    info = [dict(id=i + 1, name=f'c{i}', image_count=c)
+            for i, c in enumerate([5, 0, 3, 0, 1])]
+    path = tmp_path / 'cat_info.json'
+    path.write_text(json.dumps(info[::-1]))  # order by id, not by file position
+    head = make_head(clip, emb_file, class_weight=str(path)).train()
+    assert head.class_weight.tolist() == [1, 0, 1, 0, 1, 1]
+    # an annotation file says the same: classes without annotations get 0
+    ann = dict(images=[], categories=[dict(id=i + 1, name=f'c{i}') for i in range(5)],
+               annotations=[dict(id=1, image_id=1, category_id=c) for c in (1, 3, 5, 5)])
+    path2 = tmp_path / 'train.json'
+    path2.write_text(json.dumps(ann))
+    assert make_head(clip, emb_file, class_weight=str(path2)).class_weight.tolist() == \
+        [1, 0, 1, 0, 1, 1]
+    # weight-0 classes leave the training softmax: no probability, no gradient
+    cls_score = torch.randn(4, NUM_CLASSES + 1, requires_grad=True)
+    head.loss(cls_score, None, None, torch.tensor([0, 2, 5, 4]), torch.ones(4), None,
+              None)['loss_cls'].backward()
+    assert (cls_score.grad[:, [1, 3]] == 0).all() and cls_score.grad[:, 0].abs().sum() > 0
+    with pytest.raises(FileNotFoundError, match="class_weight='nowhere.json'"):
+        make_head(clip, emb_file, class_weight='nowhere.json')
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps(info[:3]))
+    with pytest.raises(ValueError, match='lists 3 categories but num_classes=5'):
+        make_head(clip, emb_file, class_weight=str(bad))
+
+
+def test_extra_test_classes_take_probability_mass_then_vanish(clip, emb_file):
+    """Reference OV-COCO scoring: softmax over 80 classes + background, 65 reported. Here 5
+    reported + 2 extra: the reported scores equal that softmax's columns, and detections of
+    the extra classes are dropped after the NMS."""
+    extra = torch.randn(2, DIM)
+    head = make_head(clip, emb_file, extra_test_embeddings=extra).eval()
+    x = rois_input(6)
+    cls_score, bbox_pred = head(x)
+    assert cls_score.shape == (6, NUM_CLASSES + 2 + 1)
+    region = head.encode_words(head.rois_to_words(x))
+    classes = np.concatenate([np.load(emb_file), extra.numpy()])
+    np.testing.assert_allclose(cls_score.detach().numpy(),
+                               np_logits(region, classes, np.zeros(DIM), 50.0), atol=1e-4)
+    # training ignores them (as the reference's weight 0 does)
+    head.train()
+    assert head(x)[0].shape == (6, NUM_CLASSES + 1)
+    head.eval()
+    # make every roi most likely an extra class, except roi 0
+    logits = torch.full((6, NUM_CLASSES + 3), -5.0)
+    logits[:, NUM_CLASSES] = 5.0
+    logits[0, 2] = 6.0
+    rois = torch.cat([torch.zeros(6, 1), torch.tensor([[0., 0., 10., 10.]] * 6)
+                      + torch.arange(6.)[:, None] * 20], 1)
+    meta = dict(img_shape=(200, 200), scale_factor=(1., 1.))
+    cfg = ConfigDict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)
+    res = head._predict_by_feat_single(rois, logits, torch.zeros(6, 4), meta, rcnn_test_cfg=cfg)
+    assert res.labels.tolist() == [2]
+    probs = logits.softmax(-1)
+    assert res.scores.item() == pytest.approx(probs[0, 2].item(), rel=1e-5)
+    raw = head._predict_by_feat_single(rois, logits, torch.zeros(6, 4), meta)
+    assert raw.scores.shape == (6, NUM_CLASSES + 1)  # reported classes + background
+    torch.testing.assert_close(raw.scores, probs[:, list(range(NUM_CLASSES)) + [-1]])
+    # a new vocabulary drops them; class-specific regression cannot have them
+    head.set_class_embeddings(torch.randn(3, DIM))
+    assert head.extra_test_embeddings is None and head(x)[0].shape == (6, 4)
+    with pytest.raises(ValueError, match='reg_class_agnostic=True'):
+        make_head(clip, emb_file, extra_test_embeddings=extra, reg_class_agnostic=False)
+    with pytest.raises(ValueError, match='D=3'):
+        make_head(clip, emb_file, extra_test_embeddings=torch.randn(2, 3))
+
+
+def test_norm_eval_freezes_box_head_batch_norm(clip, emb_file):
+    head = make_head(clip, emb_file, type='BaronShared4Conv1FCBBoxHead', norm_eval=True,
+                     norm_cfg=dict(type='BN', requires_grad=False))
+    bns = [m for m in head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 4 and not any(p.requires_grad for m in bns for p in m.parameters())
+    head.train()
+    assert head.training and not any(m.training for m in bns)
+    before = [m.running_mean.clone() for m in bns]
+    head(rois_input(8) * 3 + 1)
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns))
+    trainable = make_head(clip, emb_file, type='BaronShared4Conv1FCBBoxHead',
+                          norm_cfg=dict(type='BN', requires_grad=True)).train()
+    trainable(rois_input(8) * 3 + 1)
+    tbns = [m for m in trainable.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.training for m in tbns) and tbns[0].running_mean.abs().sum() > 0
+
+
+def test_mlp_box_regressor(clip, emb_file):
+    reg = [dict(type='Linear', in_features=1024, out_features=1024),
+           dict(type='ReLU', inplace=True),
+           dict(type='Linear', in_features=1024, out_features=4)]
+    head = make_head(clip, emb_file, type='BaronShared2FCBBoxHead', reg_predictor_cfg=reg)
+    layers = list(head.fc_reg)
+    assert [type(m).__name__ for m in layers] == ['Linear', 'ReLU', 'Linear']
+    # the first in_features and the last out_features follow the head, as mmdet fills them
+    assert (layers[0].in_features, layers[0].out_features, layers[2].out_features) == \
+        (32, 1024, 4)
+    head.init_weights()
+    assert layers[2].weight.std() < 0.01  # mmdet's fc_reg init (std 0.001) reaches it
+    x = rois_input(5)
+    _, bbox_pred = head(x)
+    with torch.no_grad():
+        shared = x.flatten(1)
+        for fc in head.shared_fcs:
+            shared = head.relu(fc(shared))
+        expected = layers[2](torch.relu(layers[0](shared)))
+    torch.testing.assert_close(bbox_pred, expected)
+    specific = make_head(clip, emb_file, type='BaronShared2FCBBoxHead', reg_predictor_cfg=reg,
+                         reg_class_agnostic=False)
+    assert specific.fc_reg[2].out_features == 4 * NUM_CLASSES
+    with pytest.raises(ValueError, match="type='Linear'"):
+        make_head(clip, emb_file, type='BaronShared2FCBBoxHead',
+                  reg_predictor_cfg=[dict(type='ReLU')])
+
+
+def test_no_false_space_warning_for_embeddings_in_memory(clip, emb_file):
+    import logging
+
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        emb = torch.randn(NUM_CLASSES, DIM)
+        head = make_head(clip, emb, text_layer=1)
+        assert not [r for r in records if 'looks like' in r.getMessage()]
+        assert head.cls_embeddings_path == '<embeddings given in memory>'
+        make_head(clip, emb_file, text_layer=1)  # a file name without 'attn': warned
+        warned = [r.getMessage() for r in records if 'looks like' in r.getMessage()]
+        assert len(warned) == 1 and 'classes5.npy' in warned[0] and 'tensor' not in warned[0]
+    finally:
+        logger.removeHandler(handler)

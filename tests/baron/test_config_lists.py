@@ -24,17 +24,19 @@ def test_config_lists_come_from_the_metadata(name):
     head = cfg.model.roi_head.bbox_head
     assert head.num_classes == len(classes)
     if name != 'lvis.py':  # mmdet's LVISV1Dataset carries its own 1203-class metainfo
-        assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == tuple(classes)
+        dataset = cfg.train_dataloader.dataset
+        for source in dataset.get('datasets', [dataset]):  # detection + KD sources
+            assert tuple(source.metainfo.classes) == tuple(classes)
     if novel is not None:
         assert [classes[i] for i in head.novel_class_ids] == list(novel)
 
 
 def test_embedding_rows_must_match_the_class_list(tmp_path):
     """The head refuses an embeddings file made from another list (one class more)."""
+    from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
 
     import ovkit.baron  # noqa: F401
-    from mmdet.registry import MODELS
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'baron', 'coco.py'))
     head_cfg = cfg.model.roi_head.bbox_head
     init_default_scope('mmdet')

@@ -18,15 +18,16 @@ BARON_LOSSES = ('loss_cls', 'loss_bbox', 'loss_bag', 'loss_single', 'loss_rpn_cl
                 'loss_rpn_bbox')
 
 
+# configs/baron/shapes.py trains 600 iterations (the demo); CI runs 40 of them.
+SHORT = ['train_cfg.max_iters=40', 'default_hooks.checkpoint.interval=20',
+         'default_hooks.logger.interval=5', 'log_processor.window_size=5']
+
+
 @pytest.fixture(scope='module')
-def trained(shapes_workspace):
-    ws = shapes_workspace
-    run_cmd([sys.executable, osp.join(REPO, 'tools', 'data', 'gen_class_embeddings.py'),
-             '--model-name', 'tiny', '--classes', 'data/shapes/classes.txt',
-             '--out', 'data/shapes/baron/shapes_tiny_clip.npy'], cwd=ws)
-    work = ws / 'work_dirs' / 'baron'
+def trained(baron_workspace):
+    work = baron_workspace / 'work_dirs' / 'baron'
     out = run_cmd(['bash', osp.join(REPO, 'tools', 'dist_train.sh'), SHAPES, '2',
-                   '--work-dir', str(work)], cwd=ws)
+                   '--work-dir', str(work), '--cfg-options', *SHORT], cwd=baron_workspace)
     return work, out
 
 
@@ -50,21 +51,21 @@ def test_two_process_training_with_every_baron_loss_finite(trained):
     assert not any(k.startswith('clip.') for k in ckpt['state_dict'])
 
 
-def test_test_py_reports_novel_base_all_ap50(trained, shapes_workspace):
+def test_test_py_reports_novel_base_all_ap50(trained, baron_workspace):
     work, _ = trained
     out = run_cmd([sys.executable, osp.join(REPO, 'tools', 'test.py'), SHAPES,
                    str(work / 'iter_40.pth'), '--work-dir', str(work / 'test')],
-                  cwd=shapes_workspace)
+                  cwd=baron_workspace)
     for key in ('coco/novel_ap50:', 'coco/base_ap50:', 'coco/all_ap50:'):
         assert key in out, out[-3000:]
 
 
-def test_resume(trained, shapes_workspace):
+def test_resume(trained, baron_workspace):
     work, _ = trained
     out = run_cmd([sys.executable, osp.join(REPO, 'tools', 'train.py'), SHAPES,
-                   '--work-dir', str(work), '--resume', '--cfg-options',
+                   '--work-dir', str(work), '--resume', '--cfg-options', *SHORT,
                    'train_cfg.max_iters=45', 'train_cfg.val_interval=1000',
-                   'default_hooks.checkpoint.interval=5'], cwd=shapes_workspace)
+                   'default_hooks.checkpoint.interval=5'], cwd=baron_workspace)
     assert 'resumed epoch: 0, iter: 40' in out
     assert (work / 'iter_45.pth').exists()
 
@@ -86,11 +87,12 @@ def _random_embeddings(path, rows):
     return str(path)
 
 
-def _build_full_config(name, tmp_path, monkeypatch, random_vit_b32, rows):
+def _build_full_config(name, tmp_path, monkeypatch, random_vit_b32, rows, prepare=None):
     from mmcv.transforms import Compose
-    from mmengine.config import Config
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
     import ovkit.baron  # noqa: F401
     register_all_modules(init_default_scope=True)
     monkeypatch.chdir(REPO)
@@ -101,34 +103,78 @@ def _build_full_config(name, tmp_path, monkeypatch, random_vit_b32, rows):
     cfg.model.clip_cfg.checkpoint = random_vit_b32
     with pytest.raises(FileNotFoundError, match=r'cls_embeddings_path=.*gen_class_embeddings'):
         MODELS.build(cfg.model)
-    cfg.model.roi_head.bbox_head.cls_embeddings_path = _random_embeddings(
-        tmp_path / 'emb.npy', rows)
+    emb = _random_embeddings(tmp_path / 'emb.npy', rows)
+    head = cfg.model.roi_head.bbox_head
+    if isinstance(head.cls_embeddings_path, (list, tuple)):  # DetPro's if present, else ours
+        head.cls_embeddings_path = [str(tmp_path / 'detpro.npy'), emb]
+    else:
+        head.cls_embeddings_path = emb
+    if prepare is not None:
+        prepare(cfg)
     model = MODELS.build(cfg.model)
-    pipelines = [Compose(cfg.train_dataloader.dataset.get('dataset', cfg.train_dataloader.dataset)
-                         .pipeline), Compose(cfg.test_dataloader.dataset.pipeline)]
+    sources = cfg.train_dataloader.dataset.datasets
+    sources = [s.get('dataset', s) for s in sources]  # LVIS wraps them in ClassBalancedDataset
+    pipelines = [Compose(s.pipeline) for s in sources] + [
+        Compose(cfg.test_dataloader.dataset.pipeline)]
     return cfg, model, pipelines
 
 
 def test_full_coco_config_builds_without_data(tmp_path, monkeypatch, random_vit_b32):
-    cfg, model, (train, test) = _build_full_config('coco.py', tmp_path, monkeypatch,
-                                                   random_vit_b32, 65)
+    from torch import nn
+
+    from ovkit.baron import DetachRPNHead
+    cfg, model, (det, kd, test) = _build_full_config('coco.py', tmp_path, monkeypatch,
+                                                     random_vit_b32, 65)
     head = model.roi_head.bbox_head
     assert type(head).__name__ == 'BaronShared4Conv1FCBBoxHead'
     assert head.num_classes == 65 and head.text_layer == 12 and head.num_words == 6
-    assert int((head.class_weight[:65] == 0).sum()) == 17
+    assert int((head.class_weight[:65] == 0).sum()) == 17 and head.class_weight[65] == 0.7
     assert model.clip.text_width == 512 and model.roi_head.kd is not None
+    assert type(model.data_preprocessor).__name__ == 'MultiBranchDataPreprocessor'
     assert any(type(m).__name__ == 'SyncBatchNorm' for m in model.backbone.modules())
-    assert len(train.transforms) == 5 and len(test.transforms) == 4
+    assert isinstance(model.rpn_head, DetachRPNHead)
+    # frozen BN in the box head's convs; the MLP regressor
+    bns = [m for m in head.shared_convs.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 4 and not any(p.requires_grad for m in bns for p in m.parameters())
+    model.train()
+    assert not any(m.training for m in bns)
+    assert [type(m).__name__ for m in head.fc_reg] == ['Linear', 'ReLU', 'Linear']
+    assert (head.fc_reg[0].in_features, head.fc_reg[2].out_features) == (1024, 4)
+    # 80 + background at test time: the 15 other COCO classes, encoded at build time
+    assert tuple(head.extra_test_embeddings.shape) == (15, 512)
+    kd_head = model.roi_head.kd
+    assert kd_head.single_features == 'maskclip' and kd_head.boxes_cache.start_iter == 10000
+    assert kd_head.sampler.num_proposals == 300 and kd_head.sampler.use_gt
+    assert det.transforms[-1].branch_field == ['det_batch', 'kd_batch']
+    assert len(det.transforms) == len(kd.transforms) == 5 and len(test.transforms) == 4
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.train_cfg.max_iters == 90000
     assert cfg.test_evaluator.type == 'OVCocoAP50Metric'
 
 
 def test_full_lvis_config_builds_without_data(tmp_path, monkeypatch, random_vit_b32):
-    cfg, model, (train, test) = _build_full_config('lvis.py', tmp_path, monkeypatch,
-                                                   random_vit_b32, 1203)
+    from ovkit.baron import BaronRPNHead, DetachRPNHead
+    counts = [0 if i % 5 == 0 else i for i in range(1203)]  # every 5th class "rare"
+    info = tmp_path / 'cat_info.json'
+    info.write_text(json.dumps([dict(id=i + 1, image_count=c) for i, c in enumerate(counts)]))
+
+    def prepare(cfg):
+        from mmdet.registry import MODELS
+        with pytest.raises(FileNotFoundError, match=r"class_weight='.*norare_cat_info\.json'"):
+            MODELS.build(cfg.model)
+        cfg.model.roi_head.bbox_head.class_weight = str(info)
+
+    cfg, model, (det, kd, test) = _build_full_config('lvis.py', tmp_path, monkeypatch,
+                                                     random_vit_b32, 1203, prepare)
     head = model.roi_head.bbox_head
     assert head.num_classes == 1203 and head.text_layer is None and head.num_words == 4
+    assert head.cls_temp == 100.0 and head.test_cls_temp == pytest.approx(100 / 0.7)
+    assert head.class_weight.tolist() == [float(c > 0) for c in counts] + [1.0]
+    assert head.cls_embeddings_path == str(tmp_path / 'emb.npy')  # no DetPro file: fallback
+    assert isinstance(model.rpn_head, BaronRPNHead)
+    assert not isinstance(model.rpn_head, DetachRPNHead)
+    assert any(type(m).__name__ == 'SyncBatchNorm' for m in head.modules())
     assert model.roi_head.with_mask and model.roi_head.mask_head.class_agnostic
-    assert cfg.train_dataloader.dataset.type == 'ClassBalancedDataset'
+    assert model.roi_head.kd.boxes_cache is None and model.roi_head.kd.bag_temp == 20.0
+    assert cfg.train_dataloader.dataset.datasets[0].type == 'ClassBalancedDataset'
     assert cfg.test_evaluator.type == 'LVISMetric'
-    assert len(train.transforms) == 5 and len(test.transforms) == 4
+    assert len(det.transforms) == len(kd.transforms) == 5 and len(test.transforms) == 4

@@ -9,13 +9,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
-import ovkit  # noqa: F401  (compat: lvis on numpy 2)
-from ovkit.baron.metric import OVCocoAP50Metric
-
 from mmdet.evaluation.metrics import LVISMetric
 from mmdet.registry import METRICS
 from mmdet.utils import register_all_modules
+
+import ovkit  # noqa: F401  (compat: lvis on numpy 2)
+from ovkit.baron.metric import OVCocoAP50Metric
 
 CLASSES = ('alpha', 'bravo', 'charlie', 'delta', 'echo')
 CAT_IDS = (1, 3, 5, 7, 9)  # non-contiguous, as in COCO

@@ -105,23 +105,18 @@ def test_output_names_are_unique():
 
 # --------------------------------------------------------------------------- end to end
 @pytest.fixture(scope='module')
-def workspace(tmp_path_factory):
-    """shapes data, the tiny-CLIP embeddings the shapes config reads, and an 8-class checkpoint
-    of a randomly initialised shapes BARON."""
+def workspace(baron_workspace):
+    """shapes data, the shapes CLIP and class embeddings the shapes config reads, and an
+    8-class checkpoint of a randomly initialised shapes BARON."""
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.runner import save_checkpoint
 
     import ovkit.baron  # noqa: F401
-    from ovkit.shapes import make_shapes
-    ws = tmp_path_factory.mktemp('ov_infer')
-    make_shapes(str(ws / 'data' / 'shapes'), seed=0, kinds=['coco'])
-    from ovkit.clip import gen_class_embeddings as gen
+    ws = baron_workspace
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ws)
-        gen.main(['--model-name', 'tiny', '--classes', 'data/shapes/classes.txt',
-                  '--out', 'data/shapes/baron/shapes_tiny_clip.npy', '--device', 'cpu'])
         cfg = Config.fromfile(SHAPES)
         cfg.model.backbone.init_cfg = None
         init_default_scope('mmdet')
@@ -166,11 +161,11 @@ def test_new_vocabulary_end_to_end(workspace, monkeypatch, capsys):
     head = model.roi_head.bbox_head
     assert head.num_classes == 3 and head.cls_embeddings.shape == (3, 64)
     templates = load_prompt_templates('prompt_templates.txt')
-    expected = build_class_embeddings(build_clip(dict(model_name='tiny', seed=0)), names,
-                                      templates, layer=head.text_layer)
+    clip = build_clip(dict(model_name='tiny', checkpoint='data/shapes/clip/shapes_clip_seed0.pth'))
+    expected = build_class_embeddings(clip, names, templates, layer=head.text_layer)
     torch.testing.assert_close(head.cls_embeddings, expected, rtol=0, atol=1e-5)
     # ... and the offline file's rows for the shared names (circle = 0, star = 6).
-    offline = torch.from_numpy(np.load(ws / 'data' / 'shapes' / 'baron' / 'shapes_tiny_clip.npy'))
+    offline = torch.from_numpy(np.load(ws / 'data' / 'shapes' / 'baron' / 'shapes_clip.npy'))
     torch.testing.assert_close(head.cls_embeddings[[0, 2]], offline[[0, 6]], rtol=0, atol=1e-5)
 
     for img in images:
@@ -218,3 +213,43 @@ def test_class_specific_regression_cannot_change_the_class_count(workspace, monk
         ov_infer.main([SHAPES, str(ckpt), str(img), '--classes', 'circle,zebra',
                        '--out-dir', str(ws / 'never'), '--cfg-options',
                        'model.roi_head.bbox_head.reg_class_agnostic=False'])
+
+
+@pytest.mark.e2e
+def test_novel_class_is_drawn_with_its_label(workspace, monkeypatch, tmp_path):
+    """A validation image holding a star (novel: never a training target), --classes naming
+    it: the PNG gets star boxes, each with its 'star: score' label."""
+    from mmcv import imread
+    from mmdet.visualization import DetLocalVisualizer
+    ws, ckpt = workspace
+    monkeypatch.chdir(ws)
+    val = json.loads((ws / 'data' / 'shapes' / 'coco' / 'annotations' / 'val.json').read_text())
+    star = next(c['id'] for c in val['categories'] if c['name'] == 'star')
+    image_id = next(a['image_id'] for a in val['annotations'] if a['category_id'] == star)
+    name = next(i['file_name'] for i in val['images'] if i['id'] == image_id)
+    img = ws / 'data' / 'shapes' / 'coco' / 'val' / name
+    texts = []  # what the visualizer writes next to the boxes
+    draw_texts = DetLocalVisualizer.draw_texts
+
+    def spy(self, text, *args, **kwargs):
+        texts.extend([text] if isinstance(text, str) else list(text))
+        return draw_texts(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(DetLocalVisualizer, 'draw_texts', spy)
+    out = tmp_path / 'out'
+    result = ov_infer.main([SHAPES, str(ckpt), str(img), '--classes', 'star,circle',
+                            '--score-thr', '0.05', '--out-dir', str(out), '--device', 'cpu'])
+    record = result['records'][0]
+    stars = [d for d in record['detections'] if d['class'] == 'star']
+    assert stars and record['drawn'] == str(out / f'{img.stem}.png')
+    # one label per kept detection, in mmdet's "name: score%" form, the novel class among them
+    assert len(texts) == len(record['detections'])
+    star_texts = sorted(float(t.split(': ')[1]) for t in texts if t.startswith('star: '))
+    expected = sorted(d['score'] * 100 for d in stars)
+    assert len(star_texts) == len(expected) and np.allclose(star_texts, expected, atol=0.051)
+    drawn = imread(record['drawn'], channel_order='rgb').astype(int)
+    original = imread(str(img), channel_order='rgb').astype(int)
+    x1, y1, x2, y2 = (int(v) for v in max(stars, key=lambda d: d['score'])['bbox'])
+    box = np.zeros(drawn.shape[:2], bool)
+    box[max(y1 - 1, 0):y2 + 2, max(x1 - 1, 0):x2 + 2] = True
+    assert (np.abs(drawn - original).sum(-1)[box] > 30).any()  # its outline was painted

@@ -389,3 +389,75 @@ def test_architecture_mismatch_is_explained(clip, tmp_path):
     assert "clip_cfg.model_name='tiny'" in msg and osp.basename(path) in msg
     assert 'ln_final.bias' in msg and 'extra.weight' in msg
     assert 'text_projection: file (64, 32) vs model (64, 64)' in msg
+
+
+# ------------------------------------------------------------------ MaskCLIP-style tokens
+def _diagonal_mask(length):
+    """Each token attends only to itself: the attention output is out_proj(v(token))."""
+    mask = torch.full((length, length), float('-inf'))
+    mask.fill_diagonal_(0.0)
+    return mask
+
+
+def _maskclip_last_block(block, x, anchor):
+    """The reference's last-block tokens through open_clip's own nn.MultiheadAttention:
+    anchor + attention-with-only-itself, then the block's MLP residual."""
+    y = block.ln_1(x)
+    attn = block.attention(y, attn_mask=_diagonal_mask(x.shape[1]))
+    tokens = anchor[:, None] + attn
+    return tokens + block.mlp(block.ln_2(tokens))
+
+
+@pytest.mark.parametrize('layer', [None, 1])
+def test_maskclip_word_tokens_match_diagonal_attention(clip, layer):
+    torch.manual_seed(5)
+    words = torch.randn(2, 4, 64) * 0.02
+    mask = torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    feat, tokens = clip.encode_pseudo_text(words, mask, layer=layer, return_word_tokens=True,
+                                           word_token_mode='maskclip')
+    plain_feat, plain = clip.encode_pseudo_text(words, mask, layer=layer,
+                                                return_word_tokens=True)
+    torch.testing.assert_close(feat, plain_feat)  # the sentence feature is unchanged
+    m = clip.model
+    blocks = m.transformer.resblocks[:len(m.transformer.resblocks) if layer is None else layer]
+    for row in range(2):
+        kept = words[row][mask[row]]
+        emb = m.token_embedding.weight
+        x = torch.cat([emb[clip.sot_token_id][None], kept, emb[clip.eot_token_id][None]])
+        x = (x + m.positional_embedding[:x.shape[0]])[None]
+        for block in blocks[:-1]:
+            x = block(x, attn_mask=m.attn_mask[:x.shape[1], :x.shape[1]])
+        end = kept.shape[0] + 1
+        ref = _maskclip_last_block(blocks[-1], x, x[:, end])[0, 1:end]
+        if layer is None:
+            ref = m.ln_final(ref) @ m.text_projection
+        torch.testing.assert_close(tokens[row][mask[row]], ref, atol=1e-5, rtol=0)
+        assert (tokens[row][~mask[row]] == 0).all()
+    assert (tokens - plain).abs().max() > 1e-3  # a different feature than the causal outputs
+    with pytest.raises(ValueError, match='word_token_mode'):
+        clip.encode_pseudo_text(words, mask, return_word_tokens=True, word_token_mode='x')
+
+
+def test_maskclip_dense_matches_diagonal_attention(clip):
+    torch.manual_seed(6)
+    images = torch.randn(2, 3, 64, 64)
+    dense = clip.encode_image_dense(images, mode='maskclip')
+    visual = clip.model.visual
+    x = visual.conv1(images).flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.view(1, 1, -1).expand(2, 1, -1)
+    x = visual.ln_pre(torch.cat([cls, x], 1) + visual.positional_embedding)
+    for block in visual.transformer.resblocks[:-1]:
+        x = block(x)
+    ref = _maskclip_last_block(visual.transformer.resblocks[-1], x[:, 1:], x[:, 0])
+    ref = (visual.ln_post(ref) @ visual.proj).transpose(1, 2).reshape(2, 64, 4, 4)
+    torch.testing.assert_close(dense, ref, atol=1e-5, rtol=0)
+    assert (dense - clip.encode_image_dense(images)).abs().max() > 1e-3
+    # one pass gives the global and the dense features, equal to the separate calls
+    for mode in ('plain', 'maskclip'):
+        feat, both = clip.encode_image(images, dense_mode=mode)
+        torch.testing.assert_close(feat, clip.encode_image(images))
+        torch.testing.assert_close(both, clip.encode_image_dense(images, mode=mode))
+    with pytest.raises(ValueError, match='dense mode'):
+        clip.encode_image_dense(images, mode='x')
+    empty = clip.encode_image(torch.zeros(0, 3, 64, 64), dense_mode='maskclip')
+    assert empty[0].shape == (0, 64) and empty[1].shape == (0, 64, 4, 4)

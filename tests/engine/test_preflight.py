@@ -29,7 +29,13 @@ def frcnn_cfg():
 
 @pytest.fixture(scope='module')
 def baron_cfg():
-    return Config.fromfile(BARON)
+    cfg = Config.fromfile(BARON)
+    # The shapes workspace has no trained shapes CLIP (configs/baron/shapes.py's demo CLIP):
+    # these checks use the random tiny CLIP and a class-embeddings file written below.
+    cfg.model.clip_cfg = dict(model_name='tiny', seed=0)
+    cfg.cls_embeddings_path = 'data/shapes/baron/shapes_tiny_clip.npy'
+    cfg.model.roi_head.bbox_head.cls_embeddings_path = cfg.cls_embeddings_path
+    return cfg
 
 
 @pytest.fixture

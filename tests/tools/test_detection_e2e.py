@@ -53,6 +53,7 @@ def test_test_py_prints_coco_metrics_and_dumps(trained, shapes_workspace):
     with open(out_pkl, 'rb') as f:
         preds = pickle.load(f)
     assert len(preds) == 16 and 'pred_instances' in preds[0]
+    assert 'gt_instances' not in preds[0]  # mmdet's DumpDetResults, not mmengine's DumpResults
 
 
 def test_dist_test_two_processes(trained, shapes_workspace):

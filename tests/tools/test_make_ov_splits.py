@@ -58,7 +58,7 @@ def _coco_json(path, n_images=12):
 def test_coco_split_counts_and_content(tmp_path):
     ann = tmp_path / 'instances_train2017.json'
     src = _coco_json(ann)
-    res = mos.coco_ov_split(str(ann), str(tmp_path / 'out'))
+    res = mos.coco_ov_split(str(ann), str(tmp_path / 'out'), keep_empty_images=False)
     base_names, novel_names = set(_names('coco_ov_48_base.txt')), set(STANDARD_NOVEL)
     name_of = {c['id']: c['name'] for c in src['categories']}
     src_base = [a for a in src['annotations'] if name_of[a['category_id']] in base_names]
@@ -71,7 +71,7 @@ def test_coco_split_counts_and_content(tmp_path):
     assert base['annotations'] == src_base
     assert full['annotations'] == [a for a in src['annotations']
                                    if name_of[a['category_id']] in base_names | novel_names]
-    # Images: only those still annotated (default drops the rest), in the original order.
+    # Images: only those still annotated (when asked to drop the rest), in the original order.
     assert [im['id'] for im in base['images']] == [
         im['id'] for im in src['images'] if im['id'] in {a['image_id'] for a in src_base}]
     assert len(full['images']) == len({a['image_id'] for a in full['annotations']})
@@ -89,10 +89,12 @@ def test_coco_split_counts_and_content(tmp_path):
     assert res['all']['per_split'] == {'base': len(src_base), 'novel': len(src_novel)}
 
 
-def test_coco_keep_empty_images_and_only(tmp_path):
+def test_coco_keeps_every_image_by_default_and_only(tmp_path):
+    """BARON's KD batch trains on images with novel objects only, and OV-COCO is evaluated on
+    all 5000 val images: the default keeps every image, as the reference's files do."""
     ann = tmp_path / 'instances_val2017.json'
     src = _coco_json(ann)
-    res = mos.coco_ov_split(str(ann), str(tmp_path), keep_empty_images=True, only=('all',))
+    res = mos.coco_ov_split(str(ann), str(tmp_path), only=('all',))
     assert list(res) == ['all'] and not (tmp_path / 'instances_val2017_ov_base.json').exists()
     out = json.load(open(res['all']['path']))
     assert out['images'] == src['images']
@@ -101,9 +103,12 @@ def test_coco_keep_empty_images_and_only(tmp_path):
 def test_cli_prints_counts(tmp_path):
     _coco_json(tmp_path / 'a.json')
     proc = subprocess.run([sys.executable, TOOL, 'coco', '--ann', str(tmp_path / 'a.json'),
-                           '--out-dir', str(tmp_path / 'o')], capture_output=True, text=True)
+                           '--out-dir', str(tmp_path / 'o'), '--drop-empty-images'],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    n = len(json.load(open(tmp_path / 'o' / 'a_ov_base.json'))['annotations'])
+    base = json.load(open(tmp_path / 'o' / 'a_ov_base.json'))
+    n = len(base['annotations'])
+    assert len(base['images']) == len({a['image_id'] for a in base['annotations']})
     assert 'a_ov_base.json: ' in proc.stdout
     assert f'{n} annotations (base {n}, novel 0)' in proc.stdout
 
@@ -135,6 +140,14 @@ def test_lvis_norare(tmp_path):
     assert {c['id']: c['split'] for c in out['categories']} == {
         10: 'base', 11: 'base', 12: 'novel', 13: 'base', 14: 'novel', 15: 'base'}
     assert res['removed'] == 8 and res['annotations'] == 15 and res['images'] == 5
+    # category info of the kept annotations, by id: what the OV-LVIS class weights read
+    info = json.load(open(res['cat_info']))
+    assert [c['id'] for c in info] == [10, 11, 12, 13, 14, 15]
+    for c in info:
+        mine = [a for a in kept if a['category_id'] == c['id']]
+        assert c['instance_count'] == len(mine)
+        assert c['image_count'] == len({a['image_id'] for a in mine})
+    assert [c['image_count'] > 0 for c in info] == [True, True, False, True, False, True]
 
 
 # ------------------------------------------------------------------------- clear errors

@@ -43,3 +43,24 @@ def test_amp_rejects_bad_dtype():
     with pytest.raises(ValueError, match='bfloat16 or float16'):
         OVKitCPUAmpOptimWrapper(dtype='float64', optimizer=torch.optim.SGD(
             torch.nn.Linear(1, 1).parameters(), lr=0.1))
+
+
+def test_test_py_checks_the_out_suffix_before_building_anything(capsys, tmp_path):
+    from ovkit.tools import test
+    with pytest.raises(SystemExit) as exc:
+        test.parse_args(['nowhere.py', 'nowhere.pth', '--out', str(tmp_path / 'preds.json')])
+    assert exc.value.code == 2
+    assert 'must end in .pkl or .pickle' in capsys.readouterr().err
+    assert test.parse_args(['c.py', 'k.pth', '--out', 'p.pickle']).out == 'p.pickle'
+
+
+def test_test_py_dumps_detection_with_mmdets_metric():
+    from mmdet.evaluation import DumpDetResults
+    from mmengine.config import Config
+    from mmengine.evaluator import DumpResults
+
+    from ovkit.tools import test
+    det = test.dump_metric(Config(dict(default_scope='mmdet')), 'a.pkl')
+    assert isinstance(det, DumpDetResults)
+    other = test.dump_metric(Config(dict(default_scope='mmpretrain')), 'a.pkl')
+    assert type(other) is DumpResults

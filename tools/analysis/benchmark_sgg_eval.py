@@ -15,10 +15,11 @@ produce the same numbers; the script exits non-zero if any metric differs.
     python tools/analysis/benchmark_sgg_eval.py --quick        # small, all three modes
 
 The default is the issue's size (SGDet: 5000 images x 4096 candidate pairs x 51 predicates);
-SGB's side takes about 0.15 s per image (some 13 minutes on a quiet CPU, progress every 500
-images on stderr), ovkit's a few seconds. ``--quick`` (20 images per mode, 300 pairs) adds
-the special cases: images without GT relations or predicted pairs, SGB's [[0, 0]] pair,
-duplicate GT and frequency-predictor scores (ties in the no-graph-constraint ranking).
+SGB's side takes about 0.05 s per image (about 4.5 minutes on a shared 2-core CPU, progress
+every 500 images on stderr), ovkit's about 7 s (38x, measured 2026-11-29). ``--quick`` (20
+images per mode, 300 pairs) adds the special cases: images without GT relations or predicted
+pairs, SGB's [[0, 0]] pair, duplicate GT and frequency-predictor scores (ties in the
+no-graph-constraint ranking).
 """
 import argparse
 import sys

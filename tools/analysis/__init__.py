@@ -1,0 +1,1 @@
+"""Benchmarks and analysis scripts (``from tools.analysis.benchmark_baron import main``)."""
