@@ -84,12 +84,13 @@ class PreflightError(UserError):
         super().__init__(text)
 
 
-InputSpec = namedtuple('InputSpec', 'key kind fix rows validate')
+InputSpec = namedtuple('InputSpec', 'key kind fix rows validate root train_only')
 _INPUTS = {}
 _FIXES = []
 
 
-def declare_input(key, kind='file', fix='', rows=None, validate=None):
+def declare_input(key, kind='file', fix='', rows=None, validate=None, root=None,
+                  train_only=False):
     """Declare a config key that holds a path the family reads (call at import time).
 
     Args:
@@ -101,10 +102,14 @@ def declare_input(key, kind='file', fix='', rows=None, validate=None):
         rows: for ``'npy'``: a sibling key whose value is the expected number of rows.
         validate: optional ``f(path, node, cfg) -> str or None``, more checks by the family
             (``node`` is the dict holding the key, ``cfg`` the whole config as a dict).
+        root: a sibling key naming the folder a relative path is under (as datasets read
+            ``ann_file`` under ``data_root``), e.g. ``'data_root'``.
+        train_only: checked for training only (read when training starts, e.g. weights a
+            trained checkpoint already holds).
     """
     if kind not in KINDS:
         raise ValueError(f'declare_input({key!r}): kind must be one of {KINDS}, got {kind!r}')
-    _INPUTS[key] = InputSpec(key, kind, fix, rows, validate)
+    _INPUTS[key] = InputSpec(key, kind, fix, rows, validate, root, train_only)
 
 
 def declare_fix(pattern, fix):
@@ -435,13 +440,16 @@ class _Checker:
                 self.path(key, value, 'checkpoint', fix=self.override_fix(
                     key, 'the checkpoint path (or set init_cfg=None to start from scratch)'))
 
-    def declared(self):
-        specs = declared_inputs()
+    def declared(self, mode='train'):
+        specs = {k: v for k, v in declared_inputs().items()
+                 if mode == 'train' or not v.train_only}
         for key, value, parent in _walk(self.cfg):
             if not isinstance(value, str):
                 continue
             for name, spec in specs.items():
                 if _matches(key, name):
+                    if spec.root and isinstance(parent.get(spec.root), str):
+                        value = _join(parent[spec.root], value)
                     fix = spec.fix
                     if callable(fix):
                         fix = fix(value, parent, key)
@@ -508,7 +516,7 @@ def check(cfg, mode='train', resume=None, checkpoint=None, config_file=''):
         chk.evaluators('test_evaluator')
     else:
         raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
-    chk.declared()
+    chk.declared(mode)
     return chk.problems, chk.checked
 
 

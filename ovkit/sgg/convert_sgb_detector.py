@@ -18,20 +18,29 @@ num_classes=150)``:
   sigmoid logit and 4 deltas per anchor, anchors in the yaml's aspect-ratio order);
 - ``roi_heads.box.feature_extractor.fc6/fc7`` -> ``roi_head.bbox_head.shared_fcs.0/1``;
   ``predictor.cls_score`` (background first, 151 rows) -> ``fc_cls`` (background last);
-  ``predictor.bbox_pred`` (151 x 4 rows) -> ``fc_reg`` without the background's 4 rows.
+  ``predictor.bbox_pred`` (151 x 4 rows) -> ``fc_reg`` without the background's 4 rows;
+- ``rpn.anchor_generator.cell_anchors.{i}`` (buffers, not weights) are checked against
+  ``SGBAnchorGenerator`` for the yaml's ``ANCHOR_STRIDE`` / ``ANCHOR_SIZES`` / ``ASPECT_RATIOS``
+  (SGB's VG values by default) and recorded in the output's ``meta``.
 
-Relation/attribute head weights and the anchor buffers are left out (listed). The input must
-be what maskrcnn-benchmark fed it: BGR, 0..255, mean [102.9801, 115.9465, 122.7717], std 1
-(mmdet ``DetDataPreprocessor(mean=..., std=[1, 1, 1], bgr_to_rgb=False)``).
+Relation/attribute head weights are left out (listed). The weights only compute what
+maskrcnn-benchmark computed with its geometry: ``SGBAnchorGenerator``,
+``SGBDeltaXYWHBBoxCoder`` (RPN and box head), ``SGBRoIExtractor`` with ``RoIAlign(7,
+sampling_ratio=2, aligned=False)``, NMS with ``offset=1`` (``ovkit/sgg/sgb_geometry.py``;
+docs/sgg.md has the config). The input must be what maskrcnn-benchmark fed it: BGR, 0..255,
+mean [102.9801, 115.9465, 122.7717], std 1 (mmdet ``DetDataPreprocessor(mean=...,
+std=[1, 1, 1], bgr_to_rgb=False)``).
 
     python tools/model_converters/sgb_detector.py model_final.pth vg150_faster_rcnn_x101.pth
 """
 import argparse
 import re
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
+
+from .sgb_geometry import SGB_VG_ANCHORS, sgb_cell_anchors
 
 SGB_PIXEL_MEAN = [102.9801, 115.9465, 122.7717]
 SGB_PIXEL_STD = [1.0, 1.0, 1.0]
@@ -51,6 +60,40 @@ _RULES = [
 _FPN = re.compile(r'backbone\.fpn\.fpn_(inner|layer)(\d+)\.(weight|bias)')
 _BN = re.compile(r'backbone\.body\.(stem\.bn1|layer\d+\.\d+\.(?:bn\d|downsample\.1))\.'
                  r'(weight|bias|running_mean|running_var)$')
+_CELL = re.compile(r'rpn\.anchor_generator\.cell_anchors\.(\d+)')
+
+
+def check_cell_anchors(state: Dict[str, torch.Tensor], anchors: dict = SGB_VG_ANCHORS
+                       ) -> List[List[List[float]]]:
+    """The checkpoint's RPN cell anchors, checked against ``SGBAnchorGenerator``'s.
+
+    Args:
+        state: maskrcnn-benchmark state dict (``module.`` prefix stripped).
+        anchors: ``dict(strides, sizes, ratios)`` of the yaml the detector was trained with.
+
+    Returns:
+        the cell anchors per level (lists), or [] when the file has none.
+    """
+    found = {int(m.group(1)): v for k, v in state.items() if (m := _CELL.fullmatch(k))}
+    if not found:
+        return []
+    strides, sizes, ratios = anchors['strides'], anchors['sizes'], anchors['ratios']
+    if sorted(found) != list(range(len(strides))):
+        raise ValueError(f'the checkpoint has cell anchors for levels {sorted(found)}, the '
+                         f'anchor settings {len(strides)} levels (strides {strides})')
+    for lvl, (stride, size) in enumerate(zip(strides, sizes)):
+        sizes_l = size if isinstance(size, (tuple, list)) else (size, )
+        expect = torch.from_numpy(sgb_cell_anchors(stride, sizes_l, ratios)).float()
+        got = found[lvl].float()
+        if got.shape != expect.shape or not torch.equal(got, expect):
+            raise ValueError(
+                f'rpn.anchor_generator.cell_anchors.{lvl} of the checkpoint is not '
+                f'maskrcnn-benchmark\'s generate_anchors(stride={stride}, sizes={sizes_l}, '
+                f'aspect_ratios={tuple(ratios)}) (got {got.tolist()}, expected '
+                f'{expect.tolist()}): pass the RPN.ANCHOR_STRIDE / ANCHOR_SIZES / '
+                'ASPECT_RATIOS of the yaml the detector was trained with (--anchor-strides, '
+                '--anchor-sizes, --aspect-ratios) and use the same in SGBAnchorGenerator')
+    return [found[i].tolist() for i in range(len(strides))]
 
 
 def _strip(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -70,18 +113,23 @@ def _rename(key: str):
     return None
 
 
-def convert(state: Dict[str, torch.Tensor], bn_eps: float = 1e-5
+def convert(state: Dict[str, torch.Tensor], bn_eps: float = 1e-5,
+            anchors: Optional[dict] = SGB_VG_ANCHORS
             ) -> Tuple['OrderedDict[str, torch.Tensor]', List[str]]:
     """maskrcnn-benchmark Faster R-CNN state dict -> mmdet ``FasterRCNN`` state dict.
 
     Args:
         state: the ``model`` entry of an SGB checkpoint (a ``module.`` prefix is stripped).
         bn_eps: the eps of mmdet's BatchNorm2d the frozen BNs are folded for.
+        anchors: ``dict(strides, sizes, ratios)`` the cell anchors are checked against
+            (:func:`check_cell_anchors`), or None to skip the check.
 
     Returns:
         (mmdet state dict, source keys left out).
     """
     state = _strip(state)
+    if anchors is not None:
+        check_cell_anchors(state, anchors)
     out: 'OrderedDict[str, torch.Tensor]' = OrderedDict()
     skipped: List[str] = []
     bns: Dict[str, Dict[str, torch.Tensor]] = {}
@@ -95,6 +143,8 @@ def convert(state: Dict[str, torch.Tensor], bn_eps: float = 1e-5
             out[new] = value
         elif key.startswith('roi_heads.box.predictor.'):
             continue                              # handled below
+        elif _CELL.fullmatch(key) and anchors is not None:
+            continue                              # checked: SGBAnchorGenerator computes them
         else:
             skipped.append(key)
     for name, parts in bns.items():
@@ -163,13 +213,26 @@ def main(argv=None) -> None:
                         help="eps of the mmdet BatchNorm the frozen BNs are folded for")
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow full unpickling of the source (only for trusted files)')
+    parser.add_argument('--anchor-strides', type=int, nargs='+',
+                        default=list(SGB_VG_ANCHORS['strides']), help='yaml RPN.ANCHOR_STRIDE')
+    parser.add_argument('--anchor-sizes', type=float, nargs='+',
+                        default=list(SGB_VG_ANCHORS['sizes']), help='yaml RPN.ANCHOR_SIZES')
+    parser.add_argument('--aspect-ratios', type=float, nargs='+',
+                        default=list(SGB_VG_ANCHORS['ratios']), help='yaml RPN.ASPECT_RATIOS')
     args = parser.parse_args(argv)
-    state = load_sgb_checkpoint(args.src, args.trust_checkpoint)
-    out, skipped = convert(state, args.bn_eps)
+    anchors = dict(strides=tuple(args.anchor_strides), sizes=tuple(args.anchor_sizes),
+                   ratios=tuple(args.aspect_ratios))
+    state = _strip(load_sgb_checkpoint(args.src, args.trust_checkpoint))
+    cell_anchors = check_cell_anchors(state, anchors)
+    out, skipped = convert(state, args.bn_eps, anchors)
     num_classes = out['roi_head.bbox_head.fc_cls.weight'].shape[0] - 1
     meta = dict(source=args.src, converter='ovkit.sgg.convert_sgb_detector',
                 num_classes=num_classes, data_preprocessor=dict(
-                    mean=SGB_PIXEL_MEAN, std=SGB_PIXEL_STD, bgr_to_rgb=False))
+                    mean=SGB_PIXEL_MEAN, std=SGB_PIXEL_STD, bgr_to_rgb=False),
+                anchor_generator=dict(type='SGBAnchorGenerator', strides=list(anchors['strides']),
+                                      sizes=list(anchors['sizes']),
+                                      ratios=list(anchors['ratios'])),
+                cell_anchors=cell_anchors)
     torch.save(dict(meta=meta, state_dict=out), args.dst)
     print(f'wrote {args.dst}: {len(out)} tensors, {num_classes} object classes; '
           f'{len(skipped)} source keys left out'
@@ -177,6 +240,9 @@ def main(argv=None) -> None:
              if skipped else ''))
     print(f'feed it BGR 0..255 images: DetDataPreprocessor(mean={SGB_PIXEL_MEAN}, '
           f'std={SGB_PIXEL_STD}, bgr_to_rgb=False)')
+    print(f"RPN cell anchors {'checked' if cell_anchors else 'absent from the file'}: use "
+          f"{meta['anchor_generator']} with SGBDeltaXYWHBBoxCoder, SGBRoIExtractor, "
+          "RoIAlign(aligned=False) and nms offset=1 (docs/sgg.md)")
 
 
 if __name__ == '__main__':

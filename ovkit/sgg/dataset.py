@@ -7,12 +7,16 @@ missing file. mmdet has no scene-graph dataset; the loading is written here, the
 (serialisation, pipeline, ``get_cat_ids``) is mmdet's ``BaseDetDataset``.
 """
 import json
+import logging
 import os.path as osp
 from typing import List, Optional, Sequence
 
 import numpy as np
 from mmdet.datasets import BaseDetDataset
 from mmdet.registry import DATASETS
+from mmengine.logging import print_log
+
+from .boxes import box_iou
 
 # image_data.json lists these four images, the h5 does not (SGB's load_image_filenames)
 CORRUPTED_IMAGES = ('1592.jpg', '1722.jpg', '4616.jpg', '4617.jpg')
@@ -61,15 +65,6 @@ def load_vg_dicts(dict_file: str):
         raise ValueError(f'{dict_file}: label_to_idx / predicate_to_idx must be 1..N without '
                          'gaps')
     return classes, predicates
-
-
-def _overlap_plus1(boxes: np.ndarray) -> np.ndarray:
-    """[N, N] IoU > 0 with maskrcnn-benchmark's ``+1`` (``boxlist_iou`` in float32)."""
-    b = boxes.astype(np.float32)
-    lt = np.maximum(b[:, None, :2], b[None, :, :2])
-    rb = np.minimum(b[:, None, 2:], b[None, :, 2:])
-    wh = np.maximum(rb - lt + 1, 0)
-    return wh[..., 0] * wh[..., 1] > 0
 
 
 def load_vg_graphs(ann_file: str, split: str, num_im: int = -1, num_val_im: int = 5000,
@@ -139,7 +134,8 @@ def load_vg_graphs(ann_file: str, split: str, num_im: int = -1, num_val_im: int 
         else:
             rels = np.zeros((0, 3), dtype=np.int64)
         if filter_non_overlap and split == 'train':
-            rels = rels[_overlap_plus1(boxes_i)[rels[:, 0], rels[:, 1]]]
+            # SGB: boxlist_iou(BoxList(boxes_i), ...) > 0, float32 with +1 widths
+            rels = rels[box_iou(boxes_i, boxes_i)[rels[:, 0], rels[:, 1]] > 0]
             if len(rels) == 0:
                 continue
         keep_index.append(i)
@@ -197,7 +193,12 @@ class VGSGGDataset(BaseDetDataset):
         filter_duplicate_rels: one random predicate per (subject, object) pair at every fetch;
             None means ``split == 'train'`` (SGB). Test GT always keeps duplicates.
         box_scale: which h5 box set to read (1024 or 512).
-        check_images: stat every image file of the split at load time.
+        check_images: stat every image file of the split at load time: a missing folder, or
+            (val/test) any missing image, or (train) more than ``max_missing_ratio`` of them,
+            is one error naming the count and the first missing file.
+        max_missing_ratio: train only: up to this fraction of missing images is a warning;
+            those images are then skipped and counted when drawn (``ovkit.engine``'s
+            ``SkipBadSamplesHook``, like corrupt files), as the evaluation never skips.
         data_prefix: ``dict(img=<image folder>)`` relative to ``data_root``.
         **kwargs: passed to mmdet's ``BaseDetDataset``.
     """
@@ -216,6 +217,7 @@ class VGSGGDataset(BaseDetDataset):
                  filter_duplicate_rels: Optional[bool] = None,
                  box_scale: int = 1024,
                  check_images: bool = True,
+                 max_missing_ratio: float = 0.01,
                  data_root: str = '',
                  data_prefix: dict = dict(img='VG_100K'),
                  metainfo: Optional[dict] = None,
@@ -231,6 +233,7 @@ class VGSGGDataset(BaseDetDataset):
                                       else bool(filter_duplicate_rels) and split == 'train')
         self.box_scale = box_scale
         self.check_images = check_images
+        self.max_missing_ratio = max_missing_ratio
         self.dict_file = self._under_root(dict_file, data_root)
         self.image_file = self._under_root(image_file, data_root)
         _require_file(self.dict_file, 'dict_file')
@@ -308,12 +311,21 @@ class VGSGGDataset(BaseDetDataset):
 
     def _check_images(self, data_list: Sequence[dict], img_dir: str) -> None:
         missing = [d['img_path'] for d in data_list if not osp.isfile(d['img_path'])]
-        if missing:
+        if missing and self.split == 'train' and \
+                len(missing) <= self.max_missing_ratio * len(data_list):
+            print_log(
+                f'VGSGGDataset (split {self.split!r}): {len(missing)} of {len(data_list)} images '
+                f'are missing from {img_dir!r} (first: {", ".join(missing[:3])}); they are '
+                'skipped and counted when drawn (default_hooks.bad_samples)', logger='current',
+                level=logging.WARNING)
+        elif missing:
             raise FileNotFoundError(
                 f'VGSGGDataset (split {self.split!r}): {len(missing)} of {len(data_list)} '
                 f'images are missing from {img_dir!r} (first missing: {missing[0]}). '
                 f'{WHERE["img"]}; set data_root / data_prefix.img to that folder, or '
-                'check_images=False to skip this check.')
+                'check_images=False to skip this check'
+                + (f' (training tolerates max_missing_ratio={self.max_missing_ratio:g})'
+                   if self.split == 'train' else '') + '.')
 
     def get_data_info(self, idx: int) -> dict:
         """mmengine's data_info, with SGB's random predicate per pair when training."""

@@ -25,40 +25,28 @@ are ``>= iou_thr``; one prediction may match several (duplicate) GT triplets.
 
 - R@K: predicate = first argmax of the foreground scores, rows in the given order; per image
   ``#GT matched by the first K rows / #GT``; mean over images.
-- ngR@K: every (pair, predicate) scored ``obj_s * obj_o * p``; the best 100 kept. SGB leaves
-  ties to ``np.argsort``; here ties go to the lower pair row, then the lower predicate.
+- ngR@K: every (pair, predicate) scored ``obj_s * obj_o * p``; the best 100 kept, in SGB's
+  order including ties (SGB's unstable ``np.argsort`` is run whenever ties could change the
+  list, see :func:`sgb_nogc_order`).
 - mR@K / ng-mR@K: per image and present predicate the per-predicate recall is collected; mR is
   the mean over *all* P predicates of the mean of its list (0 for a predicate never in GT).
 - zR@K / ng-zR@K: recall over the GT triplets whose (subject class, object class, predicate)
   is in the zero-shot list; images without such triplets are skipped.
 - A@K (PredCls/SGCls only): the first K rows *whose pair is a GT pair*;
-  ``mean(hits) / mean(#GT)`` over images.
+  ``mean(hits) / mean(#GT)`` over images. (SGB tests "is a GT pair" on ``s * 1024 + o``,
+  which agrees with the exact test here for images with fewer than 1025 boxes: all of VG150.)
+
+Malformed input (wrong shapes, indices out of range, NaN/inf scores or boxes, 0-based GT
+classes) raises a ``ValueError`` naming the image and the field.
 """
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from .boxes import box_iou
+
 MODES = ('predcls', 'sgcls', 'sgdet')
 TOPKS = (20, 50, 100)
-
-
-def iou_plus1(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
-    """Pairwise IoU [N, M] with maskrcnn-benchmark's ``+1`` pixel convention, in float32.
-
-    Args:
-        boxes1: [N, 4] xyxy boxes (cast to float32 as ``BoxList`` does).
-        boxes2: [M, 4] xyxy boxes.
-    """
-    b1 = np.asarray(boxes1, dtype=np.float32).reshape(-1, 4)
-    b2 = np.asarray(boxes2, dtype=np.float32).reshape(-1, 4)
-    area1 = (b1[:, 2] - b1[:, 0] + 1) * (b1[:, 3] - b1[:, 1] + 1)
-    area2 = (b2[:, 2] - b2[:, 0] + 1) * (b2[:, 3] - b2[:, 1] + 1)
-    lt = np.maximum(b1[:, None, :2], b2[None, :, :2])
-    rb = np.minimum(b1[:, None, 2:], b2[None, :, 2:])
-    wh = np.maximum(rb - lt + 1, 0)
-    inter = wh[..., 0] * wh[..., 1]
-    with np.errstate(divide='ignore', invalid='ignore'):
-        return inter / (area1[:, None] + area2[None, :] - inter)
 
 
 def topk_flat_desc(scores: np.ndarray, k: int) -> np.ndarray:
@@ -91,6 +79,29 @@ def topk_flat_desc(scores: np.ndarray, k: int) -> np.ndarray:
     return flat_idx[order]
 
 
+
+def sgb_nogc_order(scores: np.ndarray, k: int = 100) -> np.ndarray:
+    """Flat indices of SGB's no-graph-constraint list, ``np.argsort(-scores.ravel())[:k]``.
+
+    SGB ranks every (pair, predicate) entry with numpy's default sort, which is not stable:
+    the order of tied scores is whatever that sort gives (it depends on the whole array and
+    on numpy's build). Ties are the norm when several pairs share their scores (a
+    frequency-only predictor gives every pair of the same class pair the same scores). The
+    fast path finds the ``k + 1`` best entries with a partial sort; when they are strictly
+    decreasing the first ``k`` are unique and in the only possible order. Otherwise SGB's
+    own expression is evaluated on the same array, so tied entries come in exactly SGB's
+    order.
+
+    Args:
+        scores: [M, C] array (SGB's ``obj_scores_per_rel[:, None] * rel_scores[:, 1:]``).
+        k: length of the list (SGB: 100).
+    """
+    flat = topk_flat_desc(scores, k + 1)
+    vals = scores.ravel()[flat]
+    if np.all(vals[:-1] > vals[1:]):
+        return flat[:k]
+    return np.argsort(-scores.ravel())[:k]
+
 class TripletSet:
     """A set of (subject class, object class, predicate) rows with a vectorised lookup.
 
@@ -121,18 +132,6 @@ class TripletSet:
         return self.keys[pos] == keys
 
 
-def _iou_aligned(b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
-    """IoU of row i of ``b1`` with row i of ``b2``: :func:`iou_plus1`'s float32 arithmetic."""
-    b1 = b1.astype(np.float32, copy=False)
-    b2 = b2.astype(np.float32, copy=False)
-    area1 = (b1[:, 2] - b1[:, 0] + 1) * (b1[:, 3] - b1[:, 1] + 1)
-    area2 = (b2[:, 2] - b2[:, 0] + 1) * (b2[:, 3] - b2[:, 1] + 1)
-    wh = np.maximum(np.minimum(b1[:, 2:], b2[:, 2:]) - np.maximum(b1[:, :2], b2[:, :2]) + 1, 0)
-    inter = wh[:, 0] * wh[:, 1]
-    with np.errstate(divide='ignore', invalid='ignore'):
-        return inter / (area1 + area2 - inter)
-
-
 def _match(gt_trip, gt_tboxes, pred_trip, pred_tboxes, iou_thr):
     """[G, K] bool: GT triplet g is matched by predicted triplet p (SGB's rule).
 
@@ -141,8 +140,8 @@ def _match(gt_trip, gt_tboxes, pred_trip, pred_tboxes, iou_thr):
     same = TripletSet._encode(gt_trip)[:, None] == TripletSet._encode(pred_trip)[None, :]
     g, p = np.nonzero(same)
     if g.size:
-        ok = (_iou_aligned(gt_tboxes[g, :4], pred_tboxes[p, :4]) >= iou_thr) & \
-            (_iou_aligned(gt_tboxes[g, 4:], pred_tboxes[p, 4:]) >= iou_thr)
+        ok = (box_iou(gt_tboxes[g, :4], pred_tboxes[p, :4], aligned=True) >= iou_thr) & \
+            (box_iou(gt_tboxes[g, 4:], pred_tboxes[p, 4:], aligned=True) >= iou_thr)
         same[g[~ok], p[~ok]] = False
     return same
 
@@ -164,45 +163,146 @@ def _hits_per_k(match, topks):
     return cum[:, cols].T
 
 
+def _integers(arr: np.ndarray, key: str, where: str) -> np.ndarray:
+    if arr.dtype.kind in 'iub' or arr.size == 0:
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind == 'f' and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+        return arr.astype(np.int64)
+    raise ValueError(f'{where}: {key} must hold integers, got dtype {arr.dtype}')
+
+
+def _matrix(image: dict, key: str, cols: int, where: str, integer: bool = False) -> np.ndarray:
+    """``image[key]`` as an [N, cols] array (empty input of any shape is [0, cols])."""
+    if key not in image:
+        raise KeyError(f'{where}: no {key!r} in the image dict (SGB field names: gt_boxes, '
+                       'gt_classes, gt_rels, pred_boxes, pred_classes, obj_scores, '
+                       'pred_rel_inds, rel_scores)')
+    arr = np.asarray(image[key])
+    if arr.size == 0:
+        arr = arr.reshape(0, cols)
+    elif arr.ndim != 2 or arr.shape[1] != cols:
+        raise ValueError(f'{where}: {key} must have shape [N, {cols}], got {arr.shape}')
+    return _integers(arr, key, where) if integer else arr
+
+
+def _vector(image: dict, key: str, length: int, where: str, integer: bool = False
+            ) -> np.ndarray:
+    """``image[key]`` as a 1-D array of ``length`` entries (one per box)."""
+    if key not in image:
+        raise KeyError(f'{where}: no {key!r} in the image dict')
+    arr = np.asarray(image[key])
+    if arr.size == 0 and length == 0:
+        arr = arr.reshape(0)
+    elif arr.ndim != 1 or len(arr) != length:
+        raise ValueError(f'{where}: {key} must have shape [{length}] (one entry per box), got '
+                         f'{arr.shape}')
+    return _integers(arr, key, where) if integer else arr
+
+
+def _check_finite(arr: np.ndarray, key: str, where: str) -> None:
+    if arr.size and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f'{where}: {key} has non-finite values (first at index '
+                         f'{tuple(int(i) for i in bad)}: {arr[tuple(bad)]}); the model produced '
+                         'NaN/inf, which SGB would rank silently')
+
+
+def _check_indices(idx: np.ndarray, num: int, key: str, what: str, where: str) -> None:
+    if idx.size and (idx.min() < 0 or idx.max() >= num):
+        raise ValueError(f'{where}: {key} indexes {what} {int(idx.min())}..{int(idx.max())}, but '
+                         f'there are {num} {what} (valid: 0..{num - 1})')
+
+
+def check_topks(topks: Sequence[int], where: str = 'topks') -> tuple:
+    """``topks`` as a tuple of ints in 1..100 (SGB cuts the no-graph-constraint list at 100).
+
+    Args:
+        topks: the K values.
+        where: prefix of the error message.
+    """
+    try:
+        ks = tuple(int(k) for k in topks)
+    except (TypeError, ValueError):
+        raise ValueError(f'{where}: topks must be a sequence of integers, got {topks!r}'
+                         ) from None
+    if not ks or min(ks) < 1 or max(ks) > 100:
+        raise ValueError(f'{where}: topks must be integers in 1..100, got {topks!r}: SGB keeps '
+                         'only the best 100 (pair, predicate) entries for ngR@K (sgg_eval.py), '
+                         'so K > 100 would not be its metric')
+    return ks
+
+
 def evaluate_image(image: Dict[str, np.ndarray], mode: str, iou_thr: float = 0.5,
                    topks: Sequence[int] = TOPKS,
-                   zeroshot_triplets: Optional[np.ndarray] = None) -> Optional[dict]:
+                   zeroshot_triplets: Optional[np.ndarray] = None,
+                   name: Optional[str] = None) -> Optional[dict]:
     """Evaluate one image; returns its counts, or None when SGB skips the image.
+
+    The fields are checked first (shapes, index ranges, integers, finite scores and boxes):
+    a malformed prediction is a ``ValueError`` naming ``name`` and the field, never a silent
+    number.
 
     Args:
         image: per-image dict with SGB's field names (see the module docstring).
         mode: 'predcls', 'sgcls' or 'sgdet'.
         iou_thr: IoU threshold for subject and object boxes.
-        topks: the K values, at most 100 each for ng metrics as in SGB.
+        topks: the K values, each in 1..100 (SGB cuts the ng list at 100).
         zeroshot_triplets: [Z, 3] (subject class, object class, predicate) rows or a
             :class:`TripletSet` of them (faster when evaluating many images), or None.
+        name: how errors name the image (e.g. ``'img_id=1, img_path=...'``).
     """
+    where = f'SGG evaluation of {name}' if name else 'SGG evaluation'
     if mode not in MODES:
-        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
-    topks = tuple(int(k) for k in topks)
+        raise ValueError(f'{where}: mode must be one of {MODES}, got {mode!r}')
+    if not 0 < iou_thr <= 1:
+        raise ValueError(f'{where}: iou_thr must lie in (0, 1], got {iou_thr!r}')
+    topks = check_topks(topks, where)
     kmax = max(topks)
-    gt_rels = np.asarray(image['gt_rels'], dtype=np.int64).reshape(-1, 3)
-    if gt_rels.shape[0] == 0:
-        return None
-    gt_boxes = np.asarray(image['gt_boxes']).reshape(-1, 4)
-    gt_classes = np.asarray(image['gt_classes'], dtype=np.int64).reshape(-1)
-    pred_rel_inds = np.asarray(image['pred_rel_inds'], dtype=np.int64).reshape(-1, 2)
+    gt_boxes = _matrix(image, 'gt_boxes', 4, where)
+    _check_finite(gt_boxes, 'gt_boxes', where)
+    num_gt = gt_boxes.shape[0]
+    gt_classes = _vector(image, 'gt_classes', num_gt, where, integer=True)
+    if num_gt and gt_classes.min() < 1:
+        raise ValueError(f'{where}: gt_classes must be 1-based object classes (0 is SGB\'s '
+                         f'background), got min {int(gt_classes.min())}; SGGMetric adds 1 to '
+                         "mmdet's 0-based labels")
+    gt_rels = _matrix(image, 'gt_rels', 3, where, integer=True)
+    _check_indices(gt_rels[:, :2], num_gt, 'gt_rels[:, :2]', 'GT boxes', where)
+    pred_rel_inds = _matrix(image, 'pred_rel_inds', 2, where, integer=True)
+    num_pairs = pred_rel_inds.shape[0]
+    if 'rel_scores' not in image:
+        raise KeyError(f'{where}: no \'rel_scores\' in the image dict')
     rel_scores = np.asarray(image['rel_scores'])
+    if num_pairs == 0:
+        if rel_scores.size:
+            raise ValueError(f'{where}: rel_scores has shape {rel_scores.shape} but '
+                             'pred_rel_inds has no rows')
+    elif rel_scores.ndim != 2 or rel_scores.shape[0] != num_pairs or rel_scores.shape[1] < 2:
+        raise ValueError(f'{where}: rel_scores must have shape [M, P + 1] = [{num_pairs}, '
+                         f'P + 1] (one row per pred_rel_inds row, column 0 = background), got '
+                         f'{rel_scores.shape}')
+    _check_finite(rel_scores, 'rel_scores', where)
     if mode == 'predcls':
+        # SGB replaces the predicted boxes/classes by the GT ones and the scores by 1
         pred_boxes, pred_classes = gt_boxes, gt_classes
         obj_scores = np.ones(gt_classes.shape[0])
+        _check_indices(pred_rel_inds, num_gt, 'pred_rel_inds', 'GT boxes (PredCls pairs '
+                       'index the GT boxes)', where)
     else:
-        pred_boxes = np.asarray(image['pred_boxes']).reshape(-1, 4)
-        pred_classes = np.asarray(image['pred_classes'], dtype=np.int64).reshape(-1)
-        obj_scores = np.asarray(image['obj_scores']).reshape(-1)
-    if pred_rel_inds.shape[0] == 0:
+        pred_boxes = _matrix(image, 'pred_boxes', 4, where)
+        _check_finite(pred_boxes, 'pred_boxes', where)
+        num_pred = pred_boxes.shape[0]
+        pred_classes = _vector(image, 'pred_classes', num_pred, where, integer=True)
+        obj_scores = _vector(image, 'obj_scores', num_pred, where)
+        _check_finite(obj_scores, 'obj_scores', where)
+        _check_indices(pred_rel_inds, num_pred, 'pred_rel_inds', 'predicted boxes', where)
+    if gt_rels.shape[0] == 0 or num_pairs == 0:
         return None
-    rel_scores = rel_scores.reshape(pred_rel_inds.shape[0], -1)
     num_rel = rel_scores.shape[1]
     if gt_rels[:, 2].max() >= num_rel or gt_rels[:, 2].min() < 1:
-        raise ValueError(f'gt_rels predicates must lie in 1..{num_rel - 1} (rel_scores has '
-                         f'{num_rel} columns incl. background), got {gt_rels[:, 2].min()}..'
-                         f'{gt_rels[:, 2].max()}')
+        raise ValueError(f'{where}: gt_rels predicates must lie in 1..{num_rel - 1} '
+                         f'(rel_scores has {num_rel} columns incl. background), got '
+                         f'{gt_rels[:, 2].min()}..{gt_rels[:, 2].max()}')
 
     gt_trip, gt_tboxes = _triplets(gt_rels, gt_classes, gt_boxes)
 
@@ -215,7 +315,7 @@ def evaluate_image(image: Dict[str, np.ndarray], mode: str, iou_thr: float = 0.5
     # no graph constraint: best kmax (pair, predicate) entries by obj_s * obj_o * p
     obj_per_rel = obj_scores[pred_rel_inds].prod(1)
     ng_scores = obj_per_rel[:, None] * rel_scores[:, 1:]
-    flat = topk_flat_desc(ng_scores, kmax)
+    flat = sgb_nogc_order(ng_scores, kmax)
     ng_rows, ng_pred = np.divmod(flat, ng_scores.shape[1])
     trip, tboxes = _triplets(np.column_stack((pred_rel_inds[ng_rows], ng_pred + 1)),
                              pred_classes, pred_boxes)
@@ -340,7 +440,8 @@ def evaluate_sgg(images: Sequence[Dict[str, np.ndarray]], mode: str,
     if zeroshot_triplets is not None and not isinstance(zeroshot_triplets, TripletSet):
         zeroshot_triplets = TripletSet(zeroshot_triplets)
     records: List[Optional[dict]] = [
-        evaluate_image(img, mode, iou_thr, topks, zeroshot_triplets) for img in images]
+        evaluate_image(img, mode, iou_thr, topks, zeroshot_triplets, name=f'image {i}')
+        for i, img in enumerate(images)]
     if num_predicates is None:
         sizes = [np.asarray(img['rel_scores']) for img in images]
         sizes = [s.shape[-1] - 1 for s in sizes if s.size]

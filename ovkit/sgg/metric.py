@@ -6,6 +6,7 @@ size), mmengine's ``BaseMetric`` gathers the counts across ranks and rank 0 comb
 dataset order, so the numbers do not depend on the batch size or the number of processes.
 """
 import json
+import numbers
 import os
 import os.path as osp
 from typing import List, Optional, Sequence, Union
@@ -17,7 +18,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MessageHub, MMLogger, print_log
 from mmengine.structures import BaseDataElement
 
-from .evaluation import MODES, TOPKS, TripletSet, evaluate_image, summarize
+from .evaluation import MODES, TOPKS, TripletSet, check_topks, evaluate_image, summarize
 
 ZEROSHOT_WHERE = ('SGB ships it as maskrcnn_benchmark/data/datasets/evaluation/vg/'
                   'zeroshot_triplet.pytorch in Scene-Graph-Benchmark.pytorch; the shapes data '
@@ -53,8 +54,16 @@ def _np(x, dtype=None):
     if hasattr(x, 'tensor'):                       # mmdet BaseBoxes
         x = x.tensor
     if torch.is_tensor(x):
+        if x.is_floating_point() and x.dtype not in (torch.float32, torch.float64):
+            x = x.float()                          # fp16 / bf16 model outputs
         x = x.detach().cpu().numpy()
     return np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
+
+
+def _float32(x):
+    """float32 like SGB's tensors, without turning a malformed input into silent numbers."""
+    arr = _np(x)
+    return arr.astype(np.float32) if arr.dtype.kind in 'fiub' else arr
 
 
 @METRICS.register_module()
@@ -66,6 +75,10 @@ class SGGMetric(BaseMetric):
     (written by ``LoadSGGAnnotations`` + ``PackSGGInputs``; otherwise ``gt_instances.bboxes``
     divided by ``scale_factor``), ``pred_instances`` (bboxes in original pixels, labels,
     scores) and ``pred_relations`` (pairs, scores [M, P+1] incl. background, rows ranked).
+    As SGB, boxes are compared in the frame of ``image_data.json``: where its size
+    (metainfo ``ann_shape``) differs from the loaded image's (``ori_shape``), the predicted
+    boxes are scaled by json size / image size. Malformed predictions (shapes, indices out of
+    range, NaN/inf) raise a ``ValueError`` naming the sample's img_id and img_path.
     Results are fractions, keyed ``sgg/R@50`` etc. At the end a per-predicate recall table is
     logged, and a bar chart (PNG) and a JSON of all numbers are written to ``out_dir`` (by
     default the run's log folder, ``work_dir/<timestamp>/``).
@@ -73,7 +86,7 @@ class SGGMetric(BaseMetric):
     Args:
         mode: 'predcls', 'sgcls' or 'sgdet' (the relation model's mode).
         iou_thr: IoU threshold for subject and object boxes (SGB: 0.5).
-        topks: the K values (SGB: 20, 50, 100).
+        topks: the K values, each in 1..100 (SGB: 20, 50, 100; it cuts the ng list at 100).
         zeroshot_triplets: path of the zero-shot triplet file (see :func:`load_triplets`) or
             None (no zR@K).
         num_predicates: P; by default from the dataset's ``predicates`` metainfo (minus
@@ -101,8 +114,15 @@ class SGGMetric(BaseMetric):
             raise ValueError(f'SGGMetric: mode must be one of {MODES}, got {mode!r} (set it to '
                              'the model\'s mode)')
         self.mode = mode
+        if not isinstance(iou_thr, numbers.Real) or not 0 < iou_thr <= 1:
+            raise ValueError(f'SGGMetric: iou_thr must be a number in (0, 1] (SGB: 0.5), got '
+                             f'{iou_thr!r}')
         self.iou_thr = float(iou_thr)
-        self.topks = tuple(int(k) for k in topks)
+        self.topks = check_topks(topks, 'SGGMetric')
+        if num_predicates is not None and (not isinstance(num_predicates, int)
+                                           or num_predicates < 1):
+            raise ValueError(f'SGGMetric: num_predicates must be a positive int (VG150: 50) or '
+                             f'None (from the dataset), got {num_predicates!r}')
         self.zeroshot_path = zeroshot_triplets if isinstance(zeroshot_triplets, str) else None
         if zeroshot_triplets is None:
             self.zeroshot = None
@@ -116,31 +136,52 @@ class SGGMetric(BaseMetric):
         self._num_evals = 0
 
     # ------------------------------------------------------------------ per batch
+    @staticmethod
+    def _name(ds: dict) -> str:
+        return f"img_id={ds.get('img_id')}, img_path={ds.get('img_path')}"
+
     def _image(self, ds: dict) -> dict:
-        """One data sample (as a dict) -> SGB's per-image fields (numpy, classes 1-based)."""
+        """One data sample (as a dict) -> SGB's per-image fields (numpy, classes 1-based).
+
+        Boxes end up in the frame of ``image_data.json`` (``ann_shape``), as in SGB, which
+        resizes its predictions to the json's width and height before evaluating
+        (``vg_eval.py``): predictions arrive in the loaded image's pixels (mmdet's rescale)
+        and are scaled by json size / loaded size where the two differ.
+        """
         gt, rels = ds['gt_instances'], ds.get('gt_relations')
         if rels is None:
-            raise KeyError('SGGMetric: data sample has no gt_relations; the test pipeline needs '
-                           'LoadSGGAnnotations and PackSGGInputs')
+            raise KeyError(f'SGGMetric ({self._name(ds)}): data sample has no gt_relations; '
+                           'the test pipeline needs LoadSGGAnnotations and PackSGGInputs')
+        if 'pred_instances' not in ds or 'pred_relations' not in ds:
+            raise KeyError(f'SGGMetric ({self._name(ds)}): data sample has no pred_instances '
+                           '/ pred_relations; the model must return scene-graph predictions')
+        ann, ori = ds.get('ann_shape'), ds.get('ori_shape')
+        to_ann = None
+        if ann is not None and ori is not None and tuple(ann[:2]) != tuple(ori[:2]):
+            sx, sy = ann[1] / ori[1], ann[0] / ori[0]
+            to_ann = np.array([sx, sy, sx, sy], dtype=np.float32)
         if 'ori_gt_bboxes' in ds:
-            gt_boxes = _np(ds['ori_gt_bboxes'], np.float32).reshape(-1, 4)
+            gt_boxes = _float32(ds['ori_gt_bboxes'])      # already in the json's frame
         else:
-            gt_boxes = _np(gt['bboxes'], np.float32).reshape(-1, 4)
+            gt_boxes = _float32(gt['bboxes'])
             scale = np.asarray(ds.get('scale_factor', (1.0, 1.0)), dtype=np.float32)
             gt_boxes = gt_boxes / np.tile(scale[:2], 2)
+            if to_ann is not None:
+                gt_boxes = gt_boxes * to_ann
         pred, prel = ds['pred_instances'], ds['pred_relations']
-        pairs = _np(prel['pairs'], np.int64).reshape(-1, 2)
+        pred_boxes = _float32(pred['bboxes'])
+        if to_ann is not None and pred_boxes.ndim == 2 and pred_boxes.shape[-1] == 4:
+            pred_boxes = pred_boxes * to_ann
         return dict(
             gt_boxes=gt_boxes,
-            gt_classes=_np(gt['labels'], np.int64).reshape(-1) + 1,
-            gt_rels=np.column_stack((_np(rels['pairs'], np.int64).reshape(-1, 2),
-                                     _np(rels['labels'], np.int64).reshape(-1))),
-            pred_boxes=_np(pred['bboxes'], np.float32).reshape(-1, 4),
-            pred_classes=_np(pred['labels'], np.int64).reshape(-1) + 1,
-            obj_scores=_np(pred['scores'], np.float32).reshape(-1),
-            pred_rel_inds=pairs,
-            rel_scores=_np(prel['scores'], np.float32).reshape(
-                len(pairs), -1 if len(pairs) else 0))
+            gt_classes=_np(gt['labels']) + 1,
+            gt_rels=np.column_stack((_np(rels['pairs']).reshape(-1, 2),
+                                     _np(rels['labels']).reshape(-1))),
+            pred_boxes=pred_boxes,
+            pred_classes=_np(pred['labels']) + 1,
+            obj_scores=_float32(pred['scores']),
+            pred_rel_inds=_np(prel['pairs']),
+            rel_scores=_float32(prel['scores']))
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Reduce each image of the batch to its counts (kept until ``compute_metrics``)."""
@@ -148,9 +189,19 @@ class SGGMetric(BaseMetric):
             if isinstance(ds, BaseDataElement):
                 ds = ds.to_dict()
             image = self._image(ds)
-            rec = evaluate_image(image, self.mode, self.iou_thr, self.topks, self.zeroshot)
+            rel_scores = image['rel_scores']
+            width = rel_scores.shape[1] if rel_scores.ndim == 2 and rel_scores.size else None
+            names = (self.dataset_meta or {}).get('predicates')
+            expect = (self.num_predicates + 1 if self.num_predicates is not None
+                      else len(names) if names else None)
+            if width is not None and expect is not None and width != expect:
+                raise ValueError(
+                    f'SGGMetric ({self._name(ds)}): pred_relations.scores has {width} columns, '
+                    f'expected P + 1 = {expect} (background + the dataset\'s predicates); '
+                    'check the relation head\'s num_predicates')
+            rec = evaluate_image(image, self.mode, self.iou_thr, self.topks, self.zeroshot,
+                                 name=self._name(ds))
             order = ds.get('sample_idx', ds.get('img_id'))
-            width = image['rel_scores'].shape[1] if image['rel_scores'].size else None
             self.results.append((order, width, rec))
 
     # ------------------------------------------------------------------ end of evaluation

@@ -15,6 +15,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .boxes import box_iou
 from .dataset import VGSGGDataset, load_vg_dicts, load_vg_graphs
 
 CACHE_VERSION = 1
@@ -27,15 +28,12 @@ def _file_identity(path: str) -> list:
 
 def _pairs_to_count(boxes: np.ndarray) -> np.ndarray:
     """SGB's ``box_filter(must_overlap=True)``: ordered pairs i != j whose boxes intersect with
-    positive area (no +1, float64); all ordered pairs when none do."""
-    b = boxes.astype(np.float64)
-    lt = np.maximum(b[:, None, :2], b[None, :, :2])
-    rb = np.minimum(b[:, None, 2:], b[None, :, 2:])
-    wh = np.maximum(rb - lt, 0)
-    overlaps = wh[..., 0] * wh[..., 1] > 0
+    positive area (``bbox_overlaps(..., to_move=0) > 0`` in float64, no +1; the IoU is > 0
+    exactly when the intersection is); all ordered pairs when none do."""
+    overlaps = box_iou(boxes, boxes, offset=0, dtype=np.float64) > 0
     np.fill_diagonal(overlaps, False)
     if not overlaps.any():
-        overlaps = ~np.eye(len(b), dtype=bool)
+        overlaps = ~np.eye(len(boxes), dtype=bool)
     return np.column_stack(np.nonzero(overlaps))
 
 

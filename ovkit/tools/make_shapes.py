@@ -2,7 +2,7 @@
 
     python tools/data/make_shapes.py --out data/shapes [--kinds coco,imagefolder,vg150]
         [--seed 0] [--num-train 64] [--num-val 16] [--size 128]
-        [--vg-num-train 160] [--vg-num-test 48]
+        [--vg-num-train 160] [--vg-num-test 48] [--vg-predicate-mix default|longtail]
 
 ``--num-train/--num-val/--size`` shape the COCO detection set, ``--vg-num-*`` the VG150-format
 scene graphs; every other kind has the defaults of its writer (:data:`ovkit.shapes.WRITERS`).
@@ -26,6 +26,8 @@ def parse_args(argv=None):
                         help='VG150 set: images of the h5 train split (val is cut from it)')
     parser.add_argument('--vg-num-test', type=int, default=48,
                         help='VG150 set: images of the h5 test split')
+    parser.add_argument('--vg-predicate-mix', default='default', choices=['default', 'longtail'],
+                        help='VG150 set: predicate distribution (longtail: head/tail ~40x)')
     args = parser.parse_args(argv)
     args.kinds = [k.strip() for k in args.kinds.split(',') if k.strip()]
     unknown = [k for k in args.kinds if k not in WRITERS]
@@ -39,7 +41,8 @@ def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
     options = dict(coco=dict(num_train=args.num_train, num_val=args.num_val, size=args.size),
-                   vg150=dict(num_train=args.vg_num_train, num_test=args.vg_num_test))
+                   vg150=dict(num_train=args.vg_num_train, num_test=args.vg_num_test,
+                              predicate_mix=args.vg_predicate_mix))
     written = make_shapes(args.out, args.seed, args.kinds, options)
     print(f'shapes data written to {args.out} in {time.time() - t0:.1f}s:')
     for kind, paths in written.items():

@@ -3,7 +3,10 @@
 ``python tools/analysis/plot_curves.py WORK_DIR [WORK_DIR...] [--out curves.png]``
 
 Reads ``WORK_DIR/<timestamp>/vis_data/scalars.json`` (mmengine's LocalVisBackend, on in the
-OpenMMLab default runtimes) of the latest run that trained. Per epoch:
+OpenMMLab default runtimes) of every run in the work dir that trained, oldest first, and merges
+them: a run continued with ``--resume`` logs into a new timestamp folder from the epoch it
+resumed at, so the earlier epochs come from the earlier runs; an epoch logged by several runs
+takes the latest run's values (an interrupted epoch is redone after resuming). Per epoch:
 
 - train loss: the epoch's mean loss, from ``loss_epoch`` when the config logs it
   (``log_processor.custom_cfg`` with ``window_size='epoch'``, as ovkit's configs do), else the
@@ -22,24 +25,43 @@ from collections import defaultdict
 from typing import Dict, List
 
 
-def find_scalars(work_dir: str) -> str:
-    """The scalars.json of the latest run in ``work_dir`` that has training entries.
+def find_runs(work_dir: str) -> List[str]:
+    """The scalars.json of every run in ``work_dir`` that has training entries, oldest first.
+
+    mmengine names each run's folder by its start time (``%Y%m%d_%H%M%S``), so the names sort
+    in time order. Runs without training entries (``tools/test.py`` into the same work dir)
+    are left out.
 
     Args:
-        work_dir: a run's ``--work-dir``.
+        work_dir: a run's ``--work-dir`` (or one scalars.json file).
     """
     if osp.isfile(work_dir):
-        return work_dir
-    candidates = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')),
-                        reverse=True)
-    for path in candidates:
+        return [work_dir]
+    runs = []
+    for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))):
         with open(path) as f:
             if any('"epoch"' in line for line in f):
-                return path
-    raise FileNotFoundError(
-        f'no training log in {work_dir!r}: expected <timestamp>/vis_data/scalars.json with '
-        "train entries (the config's visualizer needs vis_backends=[dict(type="
-        "'LocalVisBackend')], as in the OpenMMLab default runtimes)")
+                runs.append(path)
+    if not runs:
+        raise FileNotFoundError(
+            f'no training log in {work_dir!r}: expected <timestamp>/vis_data/scalars.json with '
+            "train entries (the config's visualizer needs vis_backends=[dict(type="
+            "'LocalVisBackend')], as in the OpenMMLab default runtimes)")
+    return runs
+
+
+def read_runs(paths: List[str], metric: str = 'accuracy/top1') -> Dict[str, Dict[int, float]]:
+    """Per-epoch curves of several runs of one work dir merged in order (later runs win).
+
+    Args:
+        paths: scalars.json files, oldest first (:func:`find_runs`).
+        metric: validation metric key for the accuracy panel.
+    """
+    merged = dict(train_loss={}, val_loss={}, val_metric={})
+    for path in paths:
+        for key, values in read_curves(path, metric).items():
+            merged[key].update(values)
+    return {k: dict(sorted(v.items())) for k, v in merged.items()}
 
 
 def read_curves(path: str, metric: str = 'accuracy/top1') -> Dict[str, Dict[int, float]]:
@@ -123,9 +145,11 @@ def main(argv=None) -> List[dict]:
         parser.error('--labels needs one name per WORK_DIR')
     runs = {}
     for label, work_dir in zip(labels, args.work_dirs):
-        curves = read_curves(find_scalars(work_dir), args.metric)
+        paths = find_runs(work_dir)
+        curves = read_runs(paths, args.metric)
         runs[label] = curves
-        print(f'{label}: epoch, train loss, val loss, val {args.metric}')
+        merged = f' ({len(paths)} runs merged, e.g. after --resume)' if len(paths) > 1 else ''
+        print(f'{label}{merged}: epoch, train loss, val loss, val {args.metric}')
         epochs = sorted(set(curves['train_loss']) | set(curves['val_metric']))
         for e in epochs:
             vals = [curves[k].get(e) for k in ('train_loss', 'val_loss', 'val_metric')]

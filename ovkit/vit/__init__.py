@@ -5,7 +5,9 @@ Importing this package registers ``OVKitViT``, ``OVKitViTClsHead`` (models) and 
 """
 import ovkit.engine  # noqa: F401  (the runtime bases' ExactResumeHook, AtomicCheckpointHook)
 
+from . import inputs  # noqa: F401  (the files ViT configs read, declared for the preflight)
 from .backbone import ARCHS, OUT_TYPES, OVKitViT, vit_flops
+from .build import build_model, model_config
 from .head import OVKitViTClsHead
 from .metric import OVKitValLoss
 from .pos_embed import resample_abs_pos_embed
@@ -19,6 +21,6 @@ from .weights import (
 
 __all__ = [
     'ARCHS', 'OUT_TYPES', 'OVKitValLoss', 'OVKitViT', 'OVKitViTClsHead', 'WHERE_PUBLISHED',
-    'WeightsError', 'load_backbone_weights', 'load_timm_state_dict', 'resample_abs_pos_embed',
-    'timm_to_ovkit', 'vit_flops'
+    'WeightsError', 'build_model', 'load_backbone_weights', 'load_timm_state_dict',
+    'model_config', 'resample_abs_pos_embed', 'timm_to_ovkit', 'vit_flops'
 ]

@@ -296,7 +296,8 @@ class OVKitViT(BaseModule):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:  # qkv_bias=False: the qkv projection has none
+                    nn.init.zeros_(m.bias)
         if self.init_cfg is not None:
             super().init_weights()
         if self.pretrained:

@@ -3,8 +3,11 @@
 ``python tools/predict.py CONFIG CKPT IMAGE [IMAGES...] [--topk 5] [--show-dir DIR]``
 
 Each image goes through exactly the config's ``test_dataloader.dataset.pipeline`` (loading
-included) and the model's own data preprocessor (mean/std, BGR->RGB), the path ``tools/test.py``
-takes; so the normalisation used in training cannot be forgotten. Class names come from the
+included) and the model's data preprocessor (mean/std, BGR->RGB), the path ``tools/test.py``
+takes; the model is built as the Runner builds it (:func:`ovkit.vit.build.build_model`: a
+top-level ``data_preprocessor`` joins the model), so the normalisation used in training
+cannot be forgotten. An unreadable image is named in a one-line error (and skipped when
+several are given); a checkpoint of another class count is explained. Class names come from the
 checkpoint (``meta.dataset_meta``, written by the training run from the image folder).
 mmpretrain's ``ImageClassificationInferencer`` is not used because it swaps the config's image
 loading for its own and loads checkpoints non-strictly (a wrong file would predict noise).
@@ -12,13 +15,60 @@ loading for its own and loads checkpoints non-strictly (a wrong file would predi
 import argparse
 import json
 import os.path as osp
+import sys
 from typing import List, Optional, Sequence
 
 import torch
 
+from .build import build_model
+
+
+class PredictError(ValueError):
+    """A config, checkpoint or image that predict cannot use; the message names the file."""
+
+
+class ImageReadError(PredictError):
+    """An image file that does not exist or cannot be decoded."""
+
+
+def _shown(names, n=8) -> str:
+    names = list(names)
+    return ', '.join(map(str, names[:n])) + (f', ... ({len(names)} in all)' if len(names) > n
+                                             else '')
+
+
+def _check_fits(model, ckpt, checkpoint, config, cfg, ckpt_classes):
+    """Explain a checkpoint whose tensors do not fit the config's model (e.g. another folder's
+    class count) before mmengine's strict load reports a bare size mismatch."""
+    state = ckpt.get('state_dict', ckpt)
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    own = model.state_dict()
+    bad = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+           if k in own and hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)}
+    if not bad:
+        return
+    num_classes = getattr(getattr(model, 'head', None), 'num_classes', None)
+    head_rows = {file[0] for k, (file, _) in bad.items() if k.startswith('head.')}
+    if num_classes is not None and len(head_rows) == 1:
+        trained = head_rows.pop()
+        have = (f' (dataset_meta classes: {_shown(ckpt_classes)})' if ckpt_classes else '')
+        cfg_classes = cfg.get('classes') or cfg.get('test_dataloader', {}).get(
+            'dataset', {}).get('classes')
+        where = (f' (classes {_shown(cfg_classes)} from data_root = {cfg.get("data_root")!r})'
+                 if cfg_classes else '')
+        raise PredictError(
+            f'CKPT {checkpoint!r} was trained on {trained} classes{have}, but the model of '
+            f'CONFIG {config!r} has model.head.num_classes = {num_classes}{where}. Predict with '
+            'the config (and data_root) the checkpoint was trained with; an image-folder config '
+            'whose data_root folder is absent takes the classes from the checkpoint.')
+    shown = '; '.join(f'{k}: file {f} vs model {m}' for k, (f, m) in list(bad.items())[:4])
+    raise PredictError(f'CKPT {checkpoint!r} does not fit the model of CONFIG {config!r}: '
+                       f'{shown}. Use the config the checkpoint was trained with.')
+
 
 def load_classifier(config: str, checkpoint: str, device: str = 'cpu', cfg_options=None):
-    """Build the config's model, load ``checkpoint`` strictly; return (model, cfg, classes).
+    """Build the config's model as the Runner does, load ``checkpoint`` strictly; return
+    (model, cfg, classes).
 
     Args:
         config: config file.
@@ -27,7 +77,6 @@ def load_classifier(config: str, checkpoint: str, device: str = 'cpu', cfg_optio
         cfg_options: ``--cfg-options`` style overrides.
     """
     from mmengine.config import Config
-    from mmengine.registry import init_default_scope
     from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
     for path, what in ((config, 'CONFIG'), (checkpoint, 'CKPT')):
         if not osp.isfile(path):
@@ -35,9 +84,17 @@ def load_classifier(config: str, checkpoint: str, device: str = 'cpu', cfg_optio
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
-    meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
-    classes = (meta.get('dataset_meta') or {}).get('classes')
+    try:
+        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    except Exception as e:  # pickle/zip errors name no file
+        raise PredictError(f'CKPT {checkpoint!r} could not be read as a checkpoint '
+                           f'({type(e).__name__}: {e})') from e
+    if not isinstance(ckpt, dict):
+        raise PredictError(f'CKPT {checkpoint!r} holds a {type(ckpt).__name__}, not a '
+                           'checkpoint dict (state_dict + meta)')
+    meta = ckpt.get('meta') or {}
+    ckpt_classes = (meta.get('dataset_meta') or {}).get('classes')
+    classes = ckpt_classes
     if classes is None:
         classes = cfg.get('test_dataloader', {}).get('dataset', {}).get('classes')
     head = cfg.model.get('head') or {}
@@ -45,15 +102,50 @@ def load_classifier(config: str, checkpoint: str, device: str = 'cpu', cfg_optio
         # an image-folder config read where the training folder is absent: the checkpoint
         # knows the classes, so predicting needs no data
         head['num_classes'] = len(classes)
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    from mmpretrain.registry import MODELS
-    model = MODELS.build(cfg.model)
-    _load_checkpoint_to_model(model, ckpt, strict=True)
+    # the Runner's way: a top-level data_preprocessor (ImageNet configs) joins the model
+    model = build_model(cfg)
+    _check_fits(model, ckpt, checkpoint, config, cfg, ckpt_classes)
+    try:
+        _load_checkpoint_to_model(model, ckpt, strict=True)
+    except RuntimeError as e:
+        raise PredictError(f'CKPT {checkpoint!r} does not fit the model of CONFIG {config!r}: '
+                           f'{e}') from e
     return model.to(device).eval(), cfg, (tuple(classes) if classes else None)
 
 
+def _decodes(path: str) -> bool:
+    import mmcv
+    try:
+        with open(path, 'rb') as f:
+            return mmcv.imfrombytes(f.read()) is not None
+    except Exception:
+        return False
+
+
+def load_image(pipeline, path: str) -> dict:
+    """Run the test pipeline on one file; an unreadable file raises :class:`ImageReadError`.
+
+    mmcv's loader reports a corrupt file as a bare ``AssertionError``; an image that decodes
+    but fails in the pipeline is the config's fault and is re-raised unchanged.
+
+    Args:
+        pipeline: the composed test pipeline (loading first).
+        path: image file.
+    """
+    if not osp.isfile(path):
+        raise ImageReadError(f'IMAGE {path!r} does not exist')
+    try:
+        return pipeline(dict(img_path=path))
+    except Exception:
+        if _decodes(path):
+            raise
+        raise ImageReadError(
+            f'IMAGE {path!r} is not a readable image ({osp.getsize(path)} bytes that OpenCV '
+            'cannot decode: truncated, corrupt or not an image)') from None
+
+
 def predict(model, cfg, images: Sequence[str], classes=None, topk: int = 5,
-            show_dir: Optional[str] = None) -> List[dict]:
+            show_dir: Optional[str] = None, skip_unreadable: bool = False) -> List[dict]:
     """Top-k classes and probabilities of each image.
 
     Args:
@@ -63,18 +155,24 @@ def predict(model, cfg, images: Sequence[str], classes=None, topk: int = 5,
         classes: class names (None: indices).
         topk: how many classes to return per image.
         show_dir: write each image with its predicted label here (None: no drawing).
+        skip_unreadable: an unreadable image gives ``dict(image=, error=)`` instead of raising.
     """
     from mmengine.dataset import Compose, pseudo_collate
     from mmpretrain.registry import TRANSFORMS
     pipeline_cfg = cfg.get('test_dataloader', {}).get('dataset', {}).get('pipeline')
     if not pipeline_cfg:
-        raise ValueError('the config has no test_dataloader.dataset.pipeline to preprocess with')
+        raise PredictError('the config has no test_dataloader.dataset.pipeline to preprocess '
+                           'with')
     pipeline = Compose([TRANSFORMS.build(t) for t in pipeline_cfg])
     results = []
     for path in images:
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'IMAGE {path!r} does not exist')
-        data = pipeline(dict(img_path=path))
+        try:
+            data = load_image(pipeline, path)
+        except ImageReadError as e:
+            if not skip_unreadable:
+                raise
+            results.append(dict(image=path, error=str(e)))
+            continue
         with torch.no_grad():
             sample = model.test_step(pseudo_collate([data]))[0]
         scores = sample.pred_score.float().cpu()
@@ -105,11 +203,18 @@ def _draw(path, sample, classes, show_dir):
 
 
 def main(argv=None):
+    """Print the top-k classes of each image; exit status 1 when an image was skipped.
+
+    Args:
+        argv: command-line arguments (None: ``sys.argv``).
+    """
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description='Top-k classes of images (test pipeline).')
     parser.add_argument('config')
     parser.add_argument('checkpoint')
-    parser.add_argument('images', nargs='+', metavar='IMAGE')
+    parser.add_argument('images', nargs='+', metavar='IMAGE',
+                        help='image files; with several, an unreadable one is reported and '
+                        'skipped')
     parser.add_argument('--topk', type=int, default=5)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--show-dir', default=None, help='draw each image with its label here')
@@ -117,16 +222,26 @@ def main(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None)
     args = parser.parse_args(argv)
     import ovkit  # noqa: F401  (compat fixes before any mm import)
-    model, cfg, classes = load_classifier(args.config, args.checkpoint, args.device,
-                                          args.cfg_options)
-    results = predict(model, cfg, args.images, classes, args.topk, args.show_dir)
+    try:
+        model, cfg, classes = load_classifier(args.config, args.checkpoint, args.device,
+                                              args.cfg_options)
+        results = predict(model, cfg, args.images, classes, args.topk, args.show_dir,
+                          skip_unreadable=len(args.images) > 1)
+    except (PredictError, FileNotFoundError) as e:
+        parser.exit(1, f'{parser.prog}: error: {e}\n')
     for r in results:
+        if 'error' in r:
+            print(f'{parser.prog}: error: {r["error"]}; skipped', file=sys.stderr)
+            continue
         print(r['image'])
         for rank, t in enumerate(r['topk'], 1):
             print(f'  {rank}. {t["name"]:<20} {t["prob"]:.4f}')
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(results, f, indent=1)
+    skipped = sum('error' in r for r in results)
+    if skipped:
+        parser.exit(1, f'{parser.prog}: {skipped} of {len(results)} images skipped\n')
     return results
 
 

@@ -81,11 +81,17 @@ def read_file(path: str, key: str = 'checkpoint'):
     return obj
 
 
-def detect_format(weights: dict) -> str:
+def _where(path: str, key: str) -> str:
+    return f'{key} = {path!r}' if path else 'the weights'
+
+
+def detect_format(weights: dict, path: str = '', key: str = 'checkpoint') -> str:
     """'npz', 'mmpretrain', 'ovkit' or 'timm' from the keys of ``read_file``'s result.
 
     Args:
         weights: flat dict from :func:`read_file`.
+        path: the file they came from (error messages).
+        key: the config key or option that named the file (error messages).
     """
     keys = list(weights)
     if any(k.endswith('embedding/kernel') for k in keys):
@@ -96,18 +102,24 @@ def detect_format(weights: dict) -> str:
         return 'ovkit'
     if any(k.startswith('blocks.0.') for k in keys):
         return 'timm'
-    raise WeightsError('unknown ViT weights layout; first keys: ' + ', '.join(keys[:6]))
+    raise WeightsError(
+        f'{_where(path, key)}: not a ViT weights layout ovkit knows; first keys: '
+        + (', '.join(keys[:6]) or 'none') + '. Expected timm keys (blocks.0.*), a JAX .npz '
+        '(embedding/kernel), an mmpretrain ViT (layers.0.* / backbone.layers.*) or an ovkit '
+        'checkpoint (backbone.blocks.*); force one with --format if the detection is wrong.')
 
 
 # --------------------------------------------------------------------------- JAX .npz
-def _jax_prefix(w: dict) -> str:
+def _jax_prefix(w: dict, path: str = '') -> str:
     for prefix in ('opt/target/', 'params/img/', 'params/', ''):
         if f'{prefix}embedding/kernel' in w:
             return prefix
-    raise WeightsError('no embedding/kernel in the .npz: not a ViT checkpoint')
+    raise WeightsError(f'{path or "the .npz"}: no embedding/kernel array, so not a JAX ViT '
+                       'checkpoint')
 
 
-def npz_to_timm(w: dict, num_prefix_tokens: Optional[int] = None) -> Dict[str, torch.Tensor]:
+def npz_to_timm(w: dict, num_prefix_tokens: Optional[int] = None,
+                path: str = '') -> Dict[str, torch.Tensor]:
     """Google JAX ViT arrays -> timm-named tensors (timm's ``_load_weights`` mapping).
 
     Dense kernels ``[in, out]`` are transposed; attention q/k/v kernels ``[D, heads, hd]``
@@ -119,8 +131,9 @@ def npz_to_timm(w: dict, num_prefix_tokens: Optional[int] = None) -> Dict[str, t
     Args:
         w: arrays from ``np.load``.
         num_prefix_tokens: class/dist tokens in the position table; None infers it.
+        path: the file (error messages).
     """
-    p = _jax_prefix(w)
+    p = _jax_prefix(w, path)
     big_vision = p.startswith('params/') or f'{p}pos_embedding' in w
     scanned = f'{p}Transformer/encoderblock/LayerNorm_0/scale' in w
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
@@ -173,17 +186,18 @@ def npz_to_timm(w: dict, num_prefix_tokens: Optional[int] = None) -> Dict[str, t
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def npz_num_heads(w: dict) -> int:
+def npz_num_heads(w: dict, path: str = '') -> int:
     """Attention heads of a JAX ViT (the middle axis of the query kernel).
 
     Args:
         w: arrays from ``np.load``.
+        path: the file (error messages).
     """
-    p = _jax_prefix(w)
+    p = _jax_prefix(w, path)
     for k, v in w.items():
         if k.startswith(p) and re.search(r'MultiHeadDotProductAttention_\d/query/kernel$', k):
             return int(v.shape[-2])
-    raise WeightsError('no attention query kernel in the .npz')
+    raise WeightsError(f'{path or "the .npz"}: no attention query kernel')
 
 
 # --------------------------------------------------------------------------- mmpretrain
@@ -275,17 +289,24 @@ def load_timm_state_dict(path: str, key: str = 'checkpoint',
         fmt: 'auto', 'timm', 'npz', 'mmpretrain' or 'ovkit'.
     """
     raw = read_file(path, key)
-    fmt = detect_format(raw) if fmt == 'auto' else fmt
-    if fmt == 'npz':
-        sd = npz_to_timm(raw)
-    elif fmt == 'mmpretrain':
-        sd = mmpretrain_to_timm(raw, path)
-    elif fmt == 'ovkit':
-        sd = ovkit_to_timm(raw)
-    elif fmt == 'timm':
-        sd = {k: v for k, v in raw.items()}
-    else:
-        raise WeightsError(f'{key}: unknown format {fmt!r}')
+    fmt = detect_format(raw, path, key) if fmt == 'auto' else fmt
+    try:
+        if fmt == 'npz':
+            sd = npz_to_timm(raw, path=_where(path, key))
+        elif fmt == 'mmpretrain':
+            sd = mmpretrain_to_timm(raw, path)
+        elif fmt == 'ovkit':
+            sd = ovkit_to_timm(raw)
+        elif fmt == 'timm':
+            sd = {k: v for k, v in raw.items()}
+        else:
+            raise WeightsError(f'{_where(path, key)}: unknown format {fmt!r}; use one of '
+                               "'auto', 'timm', 'npz', 'mmpretrain', 'ovkit'")
+    except KeyError as e:  # a partial file, or a --format that is not the file's
+        raise WeightsError(f'{_where(path, key)} ({fmt} layout) lacks the array {e}') from None
+    if not sd or 'patch_embed.proj.weight' not in sd:
+        raise WeightsError(f'{_where(path, key)}: no ViT patch embedding among its {fmt} keys '
+                           f'(first keys: {", ".join(list(raw)[:6])})')
     # timm's checkpoint filter: old patchify-as-linear patch weights
     w = sd.get('patch_embed.proj.weight')
     if w is not None and w.ndim == 2:

@@ -7,7 +7,7 @@ working folder holding the shapes data (a few clips and images, written here):
   scaled to match, so float32 is unchanged): ``suggest-fp32`` must name exactly that
   convolution in a few block-search passes, and its snippet applied to the model loaded
   afresh must make fp16 pass again.
-* mmpretrain: the nano ViT (``configs/vit/vit-nano-p4_...``) on a shapes image:
+* mmpretrain: the nano ViT (``configs/vit/vit-nano-p8_...``) on a shapes image:
   ``run --settings fp32,fp16 --isolate`` with its predictions dumped and the attribution.
 """
 import csv
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 TOOL = os.path.join(REPO, 'tools', 'analysis', 'compare_accuracy.py')
 PPTSM = os.path.join(REPO, 'configs', 'pptsm', 'pptsm_tiny-r18_2xb4-1x1x8-24e_shapes-video.py')
-VIT = os.path.join(REPO, 'configs', 'vit', 'vit-nano-p4_12e_shapes-imagefolder.py')
+VIT = os.path.join(REPO, 'configs', 'vit', 'vit-nano-p8_40e_shapes-imagefolder.py')
 PLANTED = 'backbone.layer1.0.conv1'  # its BN: backbone.layer1.0.bn1
 ENV = dict(os.environ, PYTHONPATH=REPO)
 

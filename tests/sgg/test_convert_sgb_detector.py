@@ -1,14 +1,18 @@
 """SGB detector converter: random maskrcnn-benchmark state dicts with the real names and
-shapes -> mmdet FasterRCNN (strict load), and the converted model computes what
-maskrcnn-benchmark's modules compute."""
+shapes -> mmdet FasterRCNN (strict load) with SGB's geometry, and the converted model computes
+what maskrcnn-benchmark computes: features, RPN proposals, RoI features, box head boxes."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import ovkit.sgg  # noqa: F401  (registers the SGB geometry modules)
 from ovkit.sgg.convert_sgb_detector import convert, main
+from tests.sgg import maskrcnn_render as mr
 
 ASPECT_RATIOS = [0.23232838, 0.63365731, 1.28478321, 3.15089189]     # SGB's relation yaml
+ANCHOR_STRIDES = (4, 8, 16, 32, 64)
+ANCHOR_SIZES = (32, 64, 128, 256, 512)
 
 
 def sgb_state_dict(blocks=(3, 4, 23, 3), groups=32, width=8, num_classes=151, mlp=4096,
@@ -61,8 +65,10 @@ def sgb_state_dict(blocks=(3, 4, 23, 3), groups=32, width=8, num_classes=151, ml
     conv('rpn.head.conv', 256, 256, 3, bias=True)
     conv('rpn.head.cls_logits', a, 256, 1, bias=True)
     conv('rpn.head.bbox_pred', 4 * a, 256, 1, bias=True)
-    for lvl in range(5):
-        sd[f'rpn.anchor_generator.cell_anchors.{lvl}'] = rand(a, 4)
+    for lvl, (stride, size) in enumerate(zip(ANCHOR_STRIDES, ANCHOR_SIZES)):
+        # buffers of the real model (tiny, so real tensors even on the meta device)
+        sd[f'rpn.anchor_generator.cell_anchors.{lvl}'] = mr.generate_anchors(
+            stride, (size, ), ASPECT_RATIOS)
     for name, shape in (('fc6', (mlp, 256 * 7 * 7)), ('fc7', (mlp, mlp)),
                         ('cls_score', (num_classes, mlp)),
                         ('bbox_pred', ((2 if agnostic else num_classes) * 4, mlp))):
@@ -72,8 +78,10 @@ def sgb_state_dict(blocks=(3, 4, 23, 3), groups=32, width=8, num_classes=151, ml
     return sd
 
 
-def mmdet_faster_rcnn(depth=101, base_width=8, num_classes=150, mlp=4096, agnostic=False):
-    """mmdet's X-101-32x8d FPN Faster R-CNN (configs/resnext) with SGB's heads."""
+def mmdet_faster_rcnn(depth=101, base_width=8, num_classes=150, mlp=4096, agnostic=False,
+                      rpn_pre=6000, rpn_post=1000):
+    """mmdet's X-101-32x8d FPN Faster R-CNN (configs/resnext) with SGB's heads and the
+    maskrcnn-benchmark geometry of docs/sgg.md ("Detector settings")."""
     return dict(
         type='FasterRCNN',
         data_preprocessor=dict(type='DetDataPreprocessor', mean=[102.9801, 115.9465, 122.7717],
@@ -85,30 +93,31 @@ def mmdet_faster_rcnn(depth=101, base_width=8, num_classes=150, mlp=4096, agnost
         neck=dict(type='FPN', in_channels=[256, 512, 1024, 2048], out_channels=256, num_outs=5),
         rpn_head=dict(
             type='RPNHead', in_channels=256, feat_channels=256,
-            anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=ASPECT_RATIOS,
-                                  strides=[4, 8, 16, 32, 64]),
-            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.0] * 4,
+            anchor_generator=dict(type='SGBAnchorGenerator', strides=list(ANCHOR_STRIDES),
+                                  sizes=list(ANCHOR_SIZES), ratios=ASPECT_RATIOS),
+            bbox_coder=dict(type='SGBDeltaXYWHBBoxCoder', target_means=[0.0] * 4,
                             target_stds=[1.0] * 4),
             loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
             loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
         roi_head=dict(
             type='StandardRoIHead',
-            bbox_roi_extractor=dict(type='SingleRoIExtractor',
+            bbox_roi_extractor=dict(type='SGBRoIExtractor',
                                     roi_layer=dict(type='RoIAlign', output_size=7,
-                                                   sampling_ratio=2),
+                                                   sampling_ratio=2, aligned=False),
                                     out_channels=256, featmap_strides=[4, 8, 16, 32]),
             bbox_head=dict(type='Shared2FCBBoxHead', in_channels=256, fc_out_channels=mlp,
                            roi_feat_size=7, num_classes=num_classes,
                            reg_class_agnostic=agnostic,
-                           bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.0] * 4,
+                           bbox_coder=dict(type='SGBDeltaXYWHBBoxCoder', target_means=[0.0] * 4,
                                            target_stds=[0.1, 0.1, 0.2, 0.2]),
                            loss_cls=dict(type='CrossEntropyLoss', loss_weight=1.0),
                            loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
         train_cfg=None,
-        test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type='nms',
-                                                                          iou_threshold=0.7),
-                               min_bbox_size=0),
-                      rcnn=dict(score_thr=0.01, nms=dict(type='nms', iou_threshold=0.3),
+        test_cfg=dict(rpn=dict(nms_pre=rpn_pre, max_per_img=rpn_post,
+                               nms=dict(type='nms', iou_threshold=0.7, offset=1),
+                               min_bbox_size=-1),
+                      rcnn=dict(score_thr=0.01, nms=dict(type='nms', iou_threshold=0.3,
+                                                         offset=1),
                                 max_per_img=80)))
 
 
@@ -130,7 +139,7 @@ def test_full_size_names_and_shapes_match_mmdet():
     assert sorted(out) == sorted(target)
     bad = [k for k in target if tuple(out[k].shape) != tuple(target[k].shape)]
     assert not bad, bad[:5]
-    assert sorted(skipped) == [f'rpn.anchor_generator.cell_anchors.{i}' for i in range(5)]
+    assert skipped == []                  # the cell anchors are checked, not converted
     # stem 1 conv + 4 BN buffers; 33 blocks x (3 convs + 3 x 4); 4 downsamples x 5;
     # FPN 4 x 2 convs x 2; RPN 3 convs x 2 + 5 anchor buffers; box head 4 linears x 2
     assert len(src) == 5 + 33 * 15 + 4 * 5 + 16 + 11 + 8
@@ -175,15 +184,20 @@ def ref_features(sd, x, blocks, groups):
 
 
 def test_converted_model_computes_what_maskrcnn_computes():
-    """X-50-32x4d with small heads: strict load, then features, RPN and box head outputs."""
+    """X-50-32x4d with small heads, strict load; then the SGDet detector chain against
+    maskrcnn-benchmark rendered from its formulas (tests/sgg/maskrcnn_render.py): features,
+    RPN outputs, RPN proposals (anchors, BoxCoder, clip, +1 NMS, per-level and overall
+    top-k), RoI features (LevelMapper + ROIAlign), box head scores and decoded boxes."""
     torch.manual_seed(0)
     blocks = (3, 4, 6, 3)
     src = sgb_state_dict(blocks=blocks, width=4, num_classes=6, mlp=32)
     out, _ = convert(src)
-    model = build(mmdet_faster_rcnn(depth=50, base_width=4, num_classes=5, mlp=32))
+    model = build(mmdet_faster_rcnn(depth=50, base_width=4, num_classes=5, mlp=32,
+                                    rpn_pre=300, rpn_post=100))
     model.load_state_dict(out, strict=True)
     model.eval()
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 64, 96)
+    meta = dict(img_shape=(64, 96), scale_factor=(1.0, 1.0))
     with torch.no_grad():
         feats = model.neck(model.backbone(x))
         ref = ref_features(src, x, blocks, 32)
@@ -200,20 +214,51 @@ def test_converted_model_computes_what_maskrcnn_computes():
             torch.testing.assert_close(reg[lvl], F.conv2d(t, src['rpn.head.bbox_pred.weight'],
                                                           src['rpn.head.bbox_pred.bias']),
                                        rtol=1e-4, atol=1e-4)
-        rois = torch.randn(3, 256, 7, 7)
-        cls_score, bbox_pred = model.roi_head.bbox_head(rois)
-        h = rois.flatten(1)
+
+        # RPN proposals: SGB's post-processing on the same RPN outputs (PRE_NMS_TOP_N 300 per
+        # level, POST_NMS_TOP_N 1000 per level, FPN_POST_NMS_TOP_N 100, NMS 0.7, MIN_SIZE 0)
+        props = model.rpn_head.predict_by_feat(cls, reg, batch_img_metas=[meta])[0]
+        cells = [mr.generate_anchors(st, (sz, ), ASPECT_RATIOS)
+                 for st, sz in zip(ANCHOR_STRIDES, ANCHOR_SIZES)]
+        ref_boxes, ref_scores = mr.rpn_proposals(
+            [c[0] for c in cls], [r[0] for r in reg], cells, ANCHOR_STRIDES, (64, 96),
+            pre_nms_top_n=300, post_nms_top_n=1000, fpn_post_nms_top_n=100, nms_thresh=0.7)
+        assert len(props) == len(ref_boxes) == 100
+        torch.testing.assert_close(props.scores, ref_scores)
+        torch.testing.assert_close(props.bboxes, ref_boxes, rtol=0, atol=1e-4)
+
+        # RoI features on proposals and boxes of every FPN level (incl. the level borders)
+        boxes = torch.cat([props.bboxes[:12], torch.tensor(
+            [[0., 0., 111., 111.], [0., 0., 110., 110.], [5., 5., 228., 228.],
+             [0., 0., 447., 447.], [0., 0., 600., 500.]])])
+        rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], 1)
+        roi_feats = model.roi_head.bbox_roi_extractor(feats[:4], rois)
+        levels = mr.level_mapper(boxes)
+        assert set(levels.tolist()) == {0, 1, 2, 3}
+        ref_rois = torch.stack([mr.roi_align(ref[lvl][0], box[None], 1 / ANCHOR_STRIDES[lvl])[0]
+                                for lvl, box in zip(levels.tolist(), boxes)])
+        torch.testing.assert_close(roi_feats, ref_rois, rtol=1e-4, atol=1e-4)
+
+        # box head: scores and class boxes (BoxCoder weights 10, 10, 5, 5, clipped)
+        cls_score, bbox_pred = model.roi_head.bbox_head(roi_feats)
+        dets = model.roi_head.bbox_head.predict_by_feat(
+            (rois, ), (cls_score, ), (bbox_pred, ), [meta], rcnn_test_cfg=None)[0]
+        h = ref_rois.flatten(1)
         for fc in ('fc6', 'fc7'):
             p = f'roi_heads.box.feature_extractor.{fc}'
             h = F.relu(F.linear(h, src[f'{p}.weight'], src[f'{p}.bias']))
         p = 'roi_heads.box.predictor'
         logits = F.linear(h, src[f'{p}.cls_score.weight'], src[f'{p}.cls_score.bias'])
         deltas = F.linear(h, src[f'{p}.bbox_pred.weight'], src[f'{p}.bbox_pred.bias'])
+        ref_dets = mr.clip_to_image(mr.decode(deltas, boxes, (10., 10., 5., 5.)), 96, 64)
     # mmdet: foreground classes first, background last; no background regressor
-    torch.testing.assert_close(cls_score, torch.cat([logits[:, 1:], logits[:, :1]], 1))
-    torch.testing.assert_close(bbox_pred, deltas[:, 4:])
+    torch.testing.assert_close(cls_score, torch.cat([logits[:, 1:], logits[:, :1]], 1),
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bbox_pred, deltas[:, 4:], rtol=1e-4, atol=1e-4)
     # the class probabilities of every object class are unchanged by the reordering
-    torch.testing.assert_close(cls_score.softmax(1)[:, :-1], logits.softmax(1)[:, 1:])
+    torch.testing.assert_close(dets.scores[:, :-1], logits.softmax(1)[:, 1:],
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dets.bboxes, ref_dets[:, 4:], rtol=0, atol=1e-3)
 
 
 def test_class_agnostic_regressor():
@@ -244,6 +289,16 @@ def test_cli_round_trip(tmp_path, capsys):
     assert '3 object classes' in out and 'bgr_to_rgb=False' in out
     ckpt = torch.load(tmp_path / 'mmdet.pth', map_location='cpu')
     assert ckpt['meta']['num_classes'] == 3
+    assert 'RPN cell anchors checked' in out and 'SGBDeltaXYWHBBoxCoder' in out
+    assert ckpt['meta']['anchor_generator'] == dict(
+        type='SGBAnchorGenerator', strides=list(ANCHOR_STRIDES),
+        sizes=[float(x) for x in ANCHOR_SIZES], ratios=ASPECT_RATIOS)
+    assert ckpt['meta']['cell_anchors'][0] == [[-30, -6, 33, 9], [-18, -10, 21, 13],
+                                               [-14, -18, 17, 21], [-6, -22, 9, 25]]
+    # a detector trained with other anchors is refused, naming the options to set
+    with pytest.raises(ValueError, match='--anchor-sizes'):
+        main([str(tmp_path / 'model_final.pth'), str(tmp_path / 'x.pth'),
+              '--anchor-sizes', '16', '32', '64', '128', '256'])
     sd = ckpt['state_dict']
     torch.testing.assert_close(sd['backbone.layer2.0.conv2.weight'],
                                src['backbone.body.layer2.0.conv2.weight'])

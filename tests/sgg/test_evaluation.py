@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 
+from ovkit.sgg.boxes import box_iou
 from ovkit.sgg.evaluation import (
     TripletSet,
     evaluate_image,
     evaluate_sgg,
-    iou_plus1,
+    sgb_nogc_order,
     summarize,
     topk_flat_desc,
 )
@@ -60,14 +61,70 @@ def test_graph_constraint_recall_first_argmax_rows_in_given_order(mode):
 
 @pytest.mark.parametrize('mode', ['predcls', 'sgcls', 'sgdet'])
 def test_no_graph_constraint_order_and_ties(mode):
-    # all (pair, predicate) by score: .5 (r0,p1) GT0 | .375 (r2,p1) GT2 | then the tie at .25:
-    # (r1,p1) (r1,p2)=GT1 (r1,p3) (r3,p1) -- lower row first, then lower predicate
-    res = run([image(GT, PAIRS, SCORES)], mode, topks=(1, 2, 3, 4, 5))
-    assert [res[f'ngR@{k}'] for k in (1, 2, 3, 4, 5)] == pytest.approx(
-        [1 / 3, 2 / 3, 2 / 3, 1.0, 1.0])
-    flat = topk_flat_desc(SCORES[:, 1:], 7)
-    assert [divmod(int(i), 3) for i in flat] == [(0, 0), (2, 0), (1, 0), (1, 1), (1, 2),
-                                                 (3, 0), (0, 1)]
+    # all (pair, predicate) by score: .5 (r0,p1) GT0 | .375 (r2,p1) GT2 | then the tie at .25
+    # of (r1,p1) (r1,p2)=GT1 (r1,p3) (r3,p1), in the order SGB's np.argsort gives them
+    res = run([image(GT, PAIRS, SCORES)], mode, topks=(1, 2, 3, 4, 5, 6, 7))
+    sgb = np.argsort(-SCORES[:, 1:].ravel())[:7]          # sgg_eval.py's argsort_desc
+    assert sgb_nogc_order(SCORES[:, 1:], 7).tolist() == sgb.tolist()
+    assert [divmod(int(i), 3) for i in sgb[:2]] == [(0, 0), (2, 0)]
+    gt1_at = [divmod(int(i), 3) for i in sgb].index((1, 1))     # GT1 is among the tied four
+    assert 2 <= gt1_at <= 5
+    expect = [1 / 3, 2 / 3] + [2 / 3 if k <= gt1_at else 1.0 for k in range(3, 8)]
+    assert [res[f'ngR@{k}'] for k in range(1, 8)] == pytest.approx(expect)
+
+
+def test_sgb_nogc_order_is_sgbs_argsort_including_ties():
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        m, c = int(rng.integers(1, 400)), int(rng.integers(1, 60))
+        if trial % 3 == 0:
+            s = rng.integers(0, 6, size=(m, c)).astype(np.float32) / 8      # many ties
+        elif trial % 3 == 1:
+            s = rng.random((m, c)).astype(np.float32)                      # no ties
+        else:                               # frequency-like: pairs share their score rows
+            s = rng.random((5, c)).astype(np.float32)[rng.integers(0, 5, m)]
+        for k in (1, 20, 100):
+            np.testing.assert_array_equal(sgb_nogc_order(s, k), np.argsort(-s.ravel())[:k])
+
+
+def sgb_ng_recall(img, ks):
+    """SGB's SGNoGraphConstraintRecall for PredCls on boxes that do not overlap each other
+    (a predicted triplet matches a GT triplet exactly when pair and predicate are equal)."""
+    ng = np.ones(len(img['gt_classes']))[img['pred_rel_inds']].prod(1)[:, None] * \
+        img['rel_scores'][:, 1:]
+    inds = np.column_stack(np.unravel_index(np.argsort(-ng.ravel()), ng.shape))[:100]
+    pred = np.column_stack((img['pred_rel_inds'][inds[:, 0]], inds[:, 1] + 1))
+    gt = [tuple(r) for r in img['gt_rels']]
+    return {k: sum(any(tuple(p) == g for p in pred[:k]) for g in gt) / len(gt) for k in ks}
+
+
+def test_ties_of_a_frequency_predictor_ranked_as_sgb():
+    """PredCls with a frequency-only predictor: every pair of a class pair has the same
+    scores, so the best 100 (pair, predicate) entries are full of ties."""
+    rng = np.random.default_rng(3)
+    prior = rng.dirichlet(np.ones(51) * 0.3, size=(4, 4)).astype(np.float32)
+    imgs = []
+    for _ in range(8):
+        n = 24
+        grid = np.arange(n)
+        boxes = np.column_stack((grid % 6 * 20, grid // 6 * 20, grid % 6 * 20 + 9,
+                                 grid // 6 * 20 + 9)).astype(np.float32)
+        classes = rng.integers(1, 4, n)
+        ii, jj = np.nonzero(~np.eye(n, dtype=bool))
+        pairs = np.column_stack((ii, jj))
+        rs = prior[classes[ii], classes[jj]]
+        order = np.argsort(-rs[:, 1:].max(1), kind='stable')
+        gt_pairs = pairs[rng.choice(len(pairs), 30, replace=False)]
+        gt = np.column_stack((gt_pairs, rng.integers(1, 51, 30)))
+        imgs.append(dict(gt_boxes=boxes, gt_classes=classes, gt_rels=gt, pred_boxes=boxes,
+                         pred_classes=classes, obj_scores=np.ones(n, np.float32),
+                         pred_rel_inds=pairs[order], rel_scores=rs[order]))
+        top = np.sort(rs[:, 1:].ravel())[::-1][:101]
+        assert len(np.unique(top)) < 50                 # the case is tie-heavy
+    res = evaluate_sgg(imgs, 'predcls', 50, topks=(20, 50, 100))
+    ref = [sgb_ng_recall(im, (20, 50, 100)) for im in imgs]
+    for k in (20, 50, 100):
+        assert res[f'ngR@{k}'] == np.mean([r[k] for r in ref])
 
 
 def test_topk_flat_desc_matches_a_full_stable_sort():
@@ -131,7 +188,7 @@ def test_sgdet_iou_uses_plus_one_widths():
     pred_boxes[0] = [0, 0, 9, 4]
     res = run([image(gt, [[0, 1]], scores([0, 1, 0, 0]), pred_boxes=pred_boxes)], 'sgdet')
     assert res['R@1'] == 1.0
-    assert iou_plus1(BOXES[:1], pred_boxes[:1])[0, 0] == np.float32(0.5)
+    assert box_iou(BOXES[:1], pred_boxes[:1])[0, 0] == np.float32(0.5)
     pred_boxes[0] = [0, 0, 9, 3]                        # 40/100
     assert run([image(gt, [[0, 1]], scores([0, 1, 0, 0]), pred_boxes=pred_boxes)],
                'sgdet')['R@1'] == 0.0
@@ -192,3 +249,76 @@ def test_evaluate_sgg_default_topks_and_bad_input():
         evaluate_image(image(GT, PAIRS, SCORES), 'preddet')
     with pytest.raises(ValueError, match='predicates must lie in 1..3'):
         evaluate_image(image([[0, 1, 4]], PAIRS, SCORES), 'predcls')
+
+
+@pytest.mark.parametrize('field, value, match', [
+    ('pred_rel_inds', [[0, 5], [1, 2]], r'pred_rel_inds indexes predicted boxes 0..5, but '
+                                        r'there are 3'),
+    ('pred_rel_inds', [[0, -1], [1, 2]], 'pred_rel_inds indexes'),
+    ('rel_scores', np.full((3, 4), .25, np.float32), r'rel_scores must have shape \[M, P \+ 1\]'
+                                                     r' = \[2, P \+ 1\].*got \(3, 4\)'),
+    ('rel_scores', np.full(8, .25, np.float32), r'rel_scores must have shape .* got \(8,\)'),
+    ('rel_scores', np.full((2, 1), 1.0, np.float32), 'rel_scores must have shape'),
+    ('rel_scores', np.array([[np.nan] * 4, [0, 1, 0, 0]], np.float32),
+     r'rel_scores has non-finite values \(first at index \(0, 0\)'),
+    ('obj_scores', np.array([1, np.inf, 1], np.float32), 'obj_scores has non-finite'),
+    ('pred_boxes', np.array([[0, 0, 9, np.nan]] + [[0, 0, 9, 9]] * 2, np.float32),
+     'pred_boxes has non-finite'),
+    ('pred_classes', np.array([1]), r'pred_classes must have shape \[3\]'),
+    ('pred_boxes', np.zeros((3, 5), np.float32), r'pred_boxes must have shape \[N, 4\]'),
+    ('gt_rels', [[0, 7, 1]], 'gt_rels.* indexes GT boxes 0..7, but there are 3'),
+    ('gt_classes', np.array([0, 1, 2]), 'gt_classes must be 1-based'),
+    ('gt_classes', np.array([1.5, 2, 3]), 'gt_classes must hold integers'),
+])
+def test_malformed_input_is_a_clear_error(field, value, match):
+    img = image([[0, 1, 1]], [[0, 1], [1, 2]], np.full((2, 4), .25, np.float32))
+    img[field] = value
+    with pytest.raises(ValueError, match=match) as err:
+        evaluate_sgg([img], 'sgdet', 3, topks=(1,))
+    assert 'SGG evaluation of image 0' in str(err.value)
+
+
+def test_predcls_pairs_must_index_the_gt_boxes():
+    # PredCls evaluates on the GT boxes (SGB replaces the predicted ones), so its pairs index
+    # them; predicted boxes, classes and scores are not read
+    img = image([[0, 1, 1]], [[0, 3]], scores([0, 1, 0, 0]),
+                pred_boxes=np.zeros((4, 4), np.float32), pred_classes=[1, 2, 3, 1])
+    with pytest.raises(ValueError, match='GT boxes .PredCls pairs index the GT boxes'):
+        evaluate_image(img, 'predcls', name='img_id=7')
+    img['pred_rel_inds'] = np.array([[0, 1]])
+    img['obj_scores'] = np.full(4, np.nan)
+    assert evaluate_image(img, 'predcls')['hit'].tolist() == [1, 1, 1]
+
+
+def test_topks_and_iou_thr_are_checked():
+    img = image(GT, PAIRS, SCORES)
+    with pytest.raises(ValueError, match=r'topks must be integers in 1..100, got \(20, 200\)'):
+        evaluate_image(img, 'predcls', topks=(20, 200))
+    with pytest.raises(ValueError, match='topks must be integers in 1..100'):
+        evaluate_image(img, 'predcls', topks=(0,))
+    with pytest.raises(ValueError, match=r'iou_thr must lie in \(0, 1\]'):
+        evaluate_image(img, 'predcls', iou_thr=5)
+
+
+def test_box_iou_is_maskrcnns_boxlist_iou_and_mmcvs_offset_1():
+    """One hand-written IoU: maskrcnn-benchmark's boxlist_iou (rendered here in torch) and
+    mmcv.ops.bbox_overlaps(offset=1) give the same float32 numbers."""
+    import torch
+    from mmcv.ops import bbox_overlaps
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 300, (200, 2))
+    b = np.concatenate([xy, xy + rng.uniform(0, 150, (200, 2))], 1).astype(np.float32)
+    b = np.concatenate([b, np.round(b)])
+    t = torch.from_numpy(b)
+    area = (t[:, 2] - t[:, 0] + 1) * (t[:, 3] - t[:, 1] + 1)
+    wh = (torch.min(t[:, None, 2:], t[:, 2:]) - torch.max(t[:, None, :2], t[:, :2]) + 1
+          ).clamp(min=0)
+    inter = wh[:, :, 0] * wh[:, :, 1]
+    sgb = (inter / (area[:, None] + area - inter)).numpy()
+    ours = box_iou(b, b)
+    np.testing.assert_array_equal(ours, sgb)
+    np.testing.assert_array_equal(ours, bbox_overlaps(t, t, offset=1).numpy())
+    np.testing.assert_array_equal(box_iou(b, b[::-1], aligned=True), np.diag(sgb[:, ::-1]))
+    # offset 0 (SGB's statistics): touching boxes do not overlap, +1 boxes do
+    touch = np.array([[0, 0, 10, 10], [10, 0, 20, 10]], np.float32)
+    assert box_iou(touch, touch, offset=0)[0, 1] == 0 and box_iou(touch, touch)[0, 1] > 0

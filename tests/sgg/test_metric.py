@@ -133,6 +133,7 @@ def test_order_of_gathered_results_does_not_matter(tmp_path):
 
 def _dist_worker(rank, world, port, mode, out):
     import torch.distributed as dist
+    torch.set_num_threads(1)            # forked: keep the child out of the parent's OpenMP pool
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world)
     try:
@@ -158,7 +159,9 @@ def test_two_processes_equal_one(mode, tmp_path):
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     out = str(tmp_path / 'res')
-    mp.spawn(_dist_worker, args=(2, port, mode, out), nprocs=2, join=True)
+    # fork, not spawn: the children need not import torch, mmdet and ovkit again (~30 s)
+    mp.start_processes(_dist_worker, args=(2, port, mode, out), nprocs=2, join=True,
+                       start_method='fork')
     imgs, zs = data(mode, 45, seed=11)
     single = run_metric([to_sample(im, i) for i, im in enumerate(imgs)], 5, mode, zs,
                         str(tmp_path))
@@ -210,3 +213,40 @@ def test_bad_config_and_inputs():
     del sample['gt_relations']
     with pytest.raises(KeyError, match='LoadSGGAnnotations and PackSGGInputs'):
         SGGMetric().process({}, [sample])
+
+
+def test_metric_arguments_are_checked():
+    with pytest.raises(ValueError, match=r'SGGMetric: topks must be integers in 1..100'):
+        SGGMetric(topks=(20, 50, 200))
+    with pytest.raises(ValueError, match=r'SGGMetric: iou_thr must be a number in \(0, 1\]'):
+        SGGMetric(iou_thr=5)
+    with pytest.raises(ValueError, match='num_predicates must be a positive int'):
+        SGGMetric(num_predicates=0)
+    assert SGGMetric(topks=[100, 1]).topks == (100, 1)
+
+
+def test_malformed_predictions_name_the_sample():
+    imgs, _ = data('sgdet', 6, seed=1)
+    img = next(im for im in imgs if len(im['gt_rels']) and len(im['pred_rel_inds']) > 1)
+    rs = torch.as_tensor(img['rel_scores'])
+    n, m = len(img['pred_boxes']), len(rs)
+
+    def check(field, value, match):
+        ds = to_sample(img, 3)
+        ds.set_metainfo(dict(img_path='data/vg/VG_100K/1003.jpg'))
+        ds = ds.to_dict()                  # a model may hand over any shapes
+        ds['pred_relations'][field] = value
+        metric = SGGMetric(mode='sgdet')
+        metric.dataset_meta = META
+        with pytest.raises(ValueError, match=match) as err:
+            metric.process({}, [ds])
+        assert 'img_id=1003, img_path=data/vg/VG_100K/1003.jpg' in str(err.value)
+
+    check('scores', rs[:, :-1], r'pred_relations.scores has 6 columns, expected P \+ 1 = 7')
+    check('scores', rs.reshape(-1), r'rel_scores must have shape \[M, P \+ 1\] = \[%d' % m)
+    check('scores', rs[:-1], r'rel_scores must have shape \[M, P \+ 1\]')
+    check('scores', torch.where(torch.arange(7) == 2, float('nan'), rs),
+          'rel_scores has non-finite values')
+    check('pairs', torch.full((m, 2), n), f'pred_rel_inds indexes predicted boxes {n}..{n}, '
+          f'but there are {n}')
+    check('pairs', torch.zeros(m, 3, dtype=torch.long), r'pred_rel_inds must have shape')

@@ -45,7 +45,7 @@ def expected():
 
 
 def test_counts_and_prior_follow_sgb(root):
-    ds = VGSGGDataset(data_root=root, split='test', num_val_im=0)
+    ds = VGSGGDataset(data_root=root, split='test', num_val_im=0, serialize_data=False)
     stats = get_statistics(ds)
     fg, bg = expected()
     np.testing.assert_array_equal(stats['bg_matrix'], bg)

@@ -19,7 +19,8 @@ def write_vg(root, images, classes=('cat', 'dog', 'tree'), predicates=('on', 'ne
     Args:
         root: output folder.
         images: list of dicts: image_id, width, height, split (0 train / 2 test),
-            boxes ([N, 4] cx,cy,w,h at box_scale), labels ([N] 1..C), rels ([R, 3] local).
+            boxes ([N, 4] cx,cy,w,h at box_scale), labels ([N] 1..C), rels ([R, 3] local),
+            optional file_size (w, h) of the JPEG when it is not the json's width/height.
         classes: object names (index 1..C).
         predicates: predicate names (index 1..P).
         box_dtype: dtype of ``boxes_{box_scale}`` (the real file: int32).
@@ -88,7 +89,8 @@ def write_vg(root, images, classes=('cat', 'dog', 'tree'), predicates=('on', 'ne
         json.dump(image_data, f)
     if make_images:
         for im in images:
-            Image.new('RGB', (im['width'], im['height']), (90, 120, 150)).save(
+            size = im.get('file_size', (im['width'], im['height']))
+            Image.new('RGB', tuple(size), (90, 120, 150)).save(
                 osp.join(root, 'VG_100K', f"{im['image_id']}.jpg"))
     return root
 

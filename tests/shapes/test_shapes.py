@@ -58,7 +58,7 @@ def test_coco_format_and_open_vocabulary_split(tmp_path):
 def test_imagefolder_tree(tmp_path):
     make_shapes(str(tmp_path), seed=0, kinds=['imagefolder'])
     assert not (tmp_path / 'coco').exists()  # only the kinds asked for
-    for split, n in (('train', 8), ('val', 4)):
+    for split, n in (('train', 40), ('val', 8)):  # the writer's defaults
         classes = sorted(os.listdir(tmp_path / 'imagefolder' / split))
         assert classes == sorted(SHAPE_CLASSES)
         for c in classes:
@@ -69,3 +69,35 @@ def test_unknown_kind_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown shapes kinds \\['videos'\\]"):
         make_shapes(str(tmp_path), kinds=['videos'])
     assert set(WRITERS) >= {'coco', 'imagefolder'}
+
+
+def _shape_colour(path):
+    """Index of the palette colour a shape is drawn in: the palette entry that most pixels lie
+    within the writer's jitter (+-25 per channel) of (the background is darker and smooth)."""
+    from ovkit.shapes.draw import PALETTE
+    a = np.asarray(Image.open(path).convert('RGB')).astype(int)
+    dist = np.abs(a[:, :, None, :] - np.array(PALETTE)[None, None]).max(-1)
+    near = dist.min(-1) <= 25
+    assert near.sum() > 20, path  # the shape is found
+    return int(np.bincount(dist.argmin(-1)[near], minlength=len(PALETTE)).argmax())
+
+
+def test_imagefolder_colour_does_not_tell_the_class(tmp_path):
+    """A colour-only classifier (each colour -> its most frequent training class) is at chance
+    on val: the ViT demo on this folder has to learn shapes (the writer once coloured each
+    class with its own palette entry, and this classifier scored 100 %)."""
+    make_shapes(str(tmp_path), seed=0, kinds=['imagefolder'],
+                options=dict(imagefolder=dict(per_class_train=16, per_class_val=16)))
+    colours = {}
+    for split in ('train', 'val'):
+        colours[split] = [(_shape_colour(p), c) for c in SHAPE_CLASSES
+                          for p in sorted((tmp_path / 'imagefolder' / split / c).iterdir())]
+    for c in SHAPE_CLASSES:  # every class is drawn in many colours
+        assert len({k for k, cls in colours['train'] if cls == c}) >= 5
+    votes = {}
+    for k, c in colours['train']:
+        votes.setdefault(k, []).append(c)
+    rule = {k: max(set(v), key=v.count) for k, v in votes.items()}
+    hits = [rule.get(k) == c for k, c in colours['val']]
+    accuracy = sum(hits) / len(hits)
+    assert accuracy < 0.3, accuracy  # chance is 1/8; 128 val images

@@ -4,6 +4,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 from PIL import Image
 
 from ovkit.shapes import SHAPE_CLASSES, SHAPE_PREDICATES, make_shapes
@@ -93,3 +94,34 @@ def test_predicates_follow_from_boxes_long_tail_and_zero_shot(tmp_path):
     # zero-shot rows: in test, never in train
     zs = {tuple(int(v) for v in row) for row in np.load(root / 'zeroshot_triplet.npy')}
     assert zs and zs <= triplets[2] and not zs & triplets[0]
+
+
+def _predicate_counts(root):
+    with h5py.File(root / 'VG-SGG-with-attri.h5') as h5:
+        return np.bincount(h5['predicates'][:, 0], minlength=len(SHAPE_PREDICATES) + 1)[1:]
+
+
+def test_longtail_predicate_mix_is_deterministic_and_steeper(tmp_path):
+    opts = dict(num_train=150, num_test=10)
+    counts = {}
+    for name, mix in (('a', 'longtail'), ('b', 'longtail'), ('default', 'default')):
+        make_shapes(str(tmp_path / name), seed=3, kinds=['vg150'],
+                    options=dict(vg150=dict(opts, predicate_mix=mix)))
+        counts[name] = _predicate_counts(tmp_path / name / 'vg150')
+    assert np.array_equal(counts['a'], counts['b'])  # same seed, same annotations
+    with h5py.File(tmp_path / 'a' / 'vg150' / 'VG-SGG-with-attri.h5') as a, \
+            h5py.File(tmp_path / 'b' / 'vg150' / 'VG-SGG-with-attri.h5') as b:
+        assert np.array_equal(a['relationships'][:], b['relationships'][:])
+    share = {k: c / c.sum() for k, c in counts.items()}
+    head, tail = SHAPE_PREDICATES.index('left of'), SHAPE_PREDICATES.index('contains')
+    # every predicate still occurs, but the tail is a much smaller share than by default
+    assert (counts['a'] > 0).all()
+    assert share['a'][head] > share['default'][head]
+    assert share['a'][tail] < 0.5 * share['default'][tail]
+    assert counts['a'].max() >= 15 * counts['a'].min(), counts['a']
+
+
+def test_unknown_predicate_mix_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="predicate_mix='zipf'.*longtail"):
+        make_shapes(str(tmp_path), kinds=['vg150'],
+                    options=dict(vg150=dict(num_train=2, num_test=1, predicate_mix='zipf')))

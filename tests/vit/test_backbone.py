@@ -135,6 +135,79 @@ def test_bad_arguments(kwargs, match):
         OVKitViT(**args)
 
 
+# Every constructor option of OVKitViT (its docstring's Args) with a value other than the
+# default; test_every_option_is_covered keeps this list complete when an option is added.
+OPTIONS = [
+    dict(arch='tiny'),
+    dict(img_size=(32, 48)),
+    dict(patch_size=16),
+    dict(in_chans=1),
+    dict(global_pool='avg'),
+    dict(global_pool='avg', class_token=False),
+    dict(distilled=True),
+    dict(representation_size=24),
+    dict(mlp_ratio=2.),
+    dict(qkv_bias=False),
+    dict(qkv_bias=False, fused_attn=False, attn_drop_rate=.1),
+    dict(drop_rate=.1, pos_drop_rate=.1, attn_drop_rate=.1),
+    dict(drop_path_rate=.2),
+    dict(norm_eps=1e-5),
+    dict(final_norm=False),
+    dict(fc_norm=True),
+    dict(global_pool='avg', fc_norm=False),
+    dict(fused_attn=False),
+    dict(dynamic_img_size=True),
+    *[dict(out_type=t) for t in ('pre_logits', 'cls_token', 'avg_featmap', 'featmap', 'raw')],
+    dict(out_indices=(0, -1), out_type='featmap'),
+    dict(with_cp=True),
+    dict(pretrained='FILE'),  # replaced by a weights file written in the test
+    dict(init_cfg=dict(type='Constant', layer='LayerNorm', val=2.)),
+]
+
+
+def test_every_option_is_covered():
+    import inspect
+    params = set(inspect.signature(OVKitViT).parameters)
+    assert params == {k for opt in OPTIONS for k in opt}
+
+
+@pytest.mark.parametrize('opt', OPTIONS, ids=lambda o: ','.join(f'{k}={v}' for k, v in o.items()))
+def test_every_option_builds_inits_and_trains(opt, tmp_path):
+    kw = dict(arch=TINY, img_size=32, patch_size=8)
+    kw.update(opt)
+    if kw.get('pretrained') == 'FILE':
+        src = OVKitViT(**dict(kw, pretrained=None))
+        src.init_weights()
+        torch.save(src.state_dict(), tmp_path / 'w.pth')
+        kw['pretrained'] = str(tmp_path / 'w.pth')
+    torch.manual_seed(0)
+    m = OVKitViT(**kw)
+    m.init_weights()
+    assert m.pos_embed.std() > .01  # timm's trunc_normal(.02) ran
+    if kw.get('pretrained'):
+        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(),
+                                                     src.state_dict().values()))
+    if 'init_cfg' in opt:
+        assert torch.all(m.blocks[0].norm1.weight == 2.)
+    if opt.get('qkv_bias') is False:
+        assert m.blocks[0].attn.qkv.bias is None
+    h, w = kw['img_size'] if isinstance(kw['img_size'], tuple) else (32, 32)
+    if kw.get('dynamic_img_size'):
+        h, w = 48, 40  # another size than img_size
+    x = torch.randn(2, kw.get('in_chans', 3), h, w)
+    outs = m.train()(x)
+    assert len(outs) == len(kw.get('out_indices', [-1]))
+    flat = [t for o in outs for t in (o if isinstance(o, tuple) else (o, ))]
+    assert all(torch.isfinite(t).all() for t in flat)
+    sum(t.square().mean() for t in flat).backward()
+    assert m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    m.eval()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(
+            [t for o in m(x) for t in (o if isinstance(o, tuple) else (o, ))],
+            [t for o in m(x) for t in (o if isinstance(o, tuple) else (o, ))]))
+
+
 def test_layer_depth_for_layer_decay():
     m = OVKitViT(arch=TINY, img_size=32, patch_size=8)
     assert m.get_layer_depth('backbone.pos_embed', 'backbone.') == (0, 5)

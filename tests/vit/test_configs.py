@@ -15,14 +15,11 @@ FOLDER_CFG = osp.join(REPO, 'configs', 'vit', 'vit-base-p16_augreg-ft-10e_imagef
 
 
 def build(cfg):
-    from mmengine.registry import DefaultScope
-    from mmpretrain.registry import MODELS
-
+    """The config's model as the Runner builds it (ovkit.vit.build_model), on meta tensors."""
     import ovkit.vit  # noqa: F401
-    model_cfg = dict(cfg.model)
-    model_cfg.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
-    with DefaultScope.overwrite_default_scope('mmpretrain'), torch.device('meta'):
-        return MODELS.build(model_cfg)
+    from ovkit.vit.build import build_model
+    with torch.device('meta'):
+        return build_model(cfg)
 
 
 @pytest.mark.parametrize('path', [p for p in CONFIGS if p.endswith('in1k.py')],
@@ -32,6 +29,9 @@ def test_imagenet_recipes_build(path):
     assert cfg.default_scope == 'mmpretrain'
     model = build(cfg)
     assert type(model.backbone).__name__ == 'OVKitViT' and model.head.num_classes == 1000
+    # the top-level data_preprocessor (mmpretrain's ImageNet base) is the model's, as in a Runner
+    assert 'data_preprocessor' not in cfg.model and cfg.data_preprocessor.mean
+    assert model.data_preprocessor._enable_normalize and model.data_preprocessor.to_rgb
     if 'augreg' in path:  # timm's ViT-B/16 exactly: its state dict loads as is
         assert sum(p.numel() for p in model.parameters()) == 86_567_656
         assert cfg.data_preprocessor.mean == [127.5] * 3  # the checkpoint's own normalisation
@@ -88,12 +88,8 @@ def test_missing_pretrained_file_names_config_key(tmp_path, monkeypatch):
                                         'augreg2_in21k_ft_in1k' / 'model.safetensors')
     cfg.model.backbone.arch = dict(embed_dim=32, depth=1, num_heads=2)  # small: init is slow
     cfg.model.head.in_channels = 32
-    from mmengine.registry import DefaultScope
-    from mmpretrain.registry import MODELS
-
-    import ovkit.vit  # noqa: F401
-    with DefaultScope.overwrite_default_scope('mmpretrain'):
-        model = MODELS.build(cfg.model)
+    from ovkit.vit.build import build_model
+    model = build_model(cfg)
     with pytest.raises(FileNotFoundError) as e:
         model.init_weights()
     msg = str(e.value)

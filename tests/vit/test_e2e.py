@@ -1,5 +1,6 @@
 """A nano ViT through the real tools on the shapes ImageFolder: 2-process CPU training with the
-classes taken from the folder, tools/test.py accuracy, plot_curves PNG, predict on val images."""
+classes taken from the folder (and one truncated JPEG among the training images, skipped and
+counted by ovkit.engine), tools/test.py accuracy, plot_curves PNG, predict on val images."""
 import glob
 import json
 import os.path as osp
@@ -8,13 +9,16 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import REPO, run_cmd
 
 pytestmark = pytest.mark.e2e
-CONFIG = osp.join(REPO, 'configs', 'vit', 'vit-nano-p4_12e_shapes-imagefolder.py')
-EPOCHS = 12
+CONFIG = osp.join(REPO, 'configs', 'vit', 'vit-nano-p8_40e_shapes-imagefolder.py')
+EPOCHS = 40
+VAL_EVERY = 5
 CHANCE = 100 / 8
+BROKEN = 'data/shapes/imagefolder/train/star/broken.jpg'
 
 
 @pytest.fixture(scope='module')
@@ -22,6 +26,9 @@ def workspace(tmp_path_factory):
     from ovkit.shapes import make_shapes
     ws = tmp_path_factory.mktemp('vit_ws')
     make_shapes(str(ws / 'data' / 'shapes'), seed=0, kinds=['imagefolder'])
+    # a user's folder holds JPEGs, and now and then a broken one: half of a JPEG
+    Image.open(ws / 'data/shapes/imagefolder/train/star/0000.png').save(ws / BROKEN)
+    (ws / BROKEN).write_bytes((ws / BROKEN).read_bytes()[:500])
     return ws
 
 
@@ -48,10 +55,30 @@ def test_two_process_training_learns_from_folder_classes(trained, workspace):
     rows = _scalars(work)
     train = {r['epoch']: r['loss_epoch'] for r in rows if 'iter' in r}
     val = [r for r in rows if 'accuracy/top1' in r]
-    assert len(val) == EPOCHS and train[EPOCHS] < 0.6 * train[1]
+    assert len(val) == EPOCHS // VAL_EVERY and train[EPOCHS] < 0.75 * train[1]
     assert val[-1]['val/cross_entropy'] < val[0]['val/cross_entropy']
-    print(f'shapes val accuracy per epoch: {[r["accuracy/top1"] for r in val]}')
-    assert val[-1]['accuracy/top1'] >= 5 * CHANCE  # chance is 12.5 %
+    print(f'shapes val accuracy every {VAL_EVERY} epochs: {[r["accuracy/top1"] for r in val]}')
+    # chance is 12.5 % and the colours do not tell the classes (tests/shapes): the outlines do.
+    # 16 of 64 right by chance has probability ~1e-4; measured here: 39 % (best 42 %).
+    assert val[-1]['accuracy/top1'] >= 2 * CHANCE
+
+
+def test_truncated_training_jpeg_is_skipped_and_counted(trained):
+    """The broken JPEG is drawn once per epoch: each time replaced by another image, counted
+    over both processes and named; the run finishes (1 of 321 is under the 1 % limit)."""
+    work, out = trained
+    logged = [line for line in out.splitlines() if 'training samples this epoch' in line]
+    assert len(logged) == EPOCHS, out[-3000:]
+    so_far = 0
+    for line in logged:
+        skipped, drawn, total = map(int, re.search(
+            r'skipped (\d+) of (\d+) training samples this epoch .*; (\d+) in this run',
+            line).groups())
+        so_far += skipped
+        # 2 ranks x 161 (the sampler pads 321 to 322, so it may draw the file twice) + skips
+        assert skipped in (1, 2) and drawn == 322 + skipped and total == so_far, line
+        assert f'{BROKEN} (AssertionError: failed to load image' in line, line
+    assert (work / f'epoch_{EPOCHS}.pth').exists()
 
 
 @pytest.fixture(scope='module')
@@ -66,7 +93,7 @@ def test_accuracy(trained, workspace):
 def test_test_py_prints_accuracy(test_accuracy):
     acc, out = test_accuracy
     print(f'tools/test.py shapes val accuracy: {acc}')
-    assert acc >= 5 * CHANCE, out[-2000:]
+    assert acc >= 2 * CHANCE, out[-2000:]
 
 
 def test_plot_curves_writes_png(trained, workspace):
@@ -87,10 +114,10 @@ def test_predict_names_the_classes_as_test_py_scores_them(trained, workspace, te
     out = run_cmd([sys.executable, osp.join(REPO, 'tools', 'predict.py'), CONFIG, ckpt,
                    *images, '--topk', '3', '--show-dir', str(workspace / 'drawn')], cwd=workspace)
     tops = re.findall(r'^\s+1\. (\S+)\s+([\d.]+)$', out, re.M)
-    assert len(tops) == len(images) == 32, out[-2000:]
+    assert len(tops) == len(images) == 64, out[-2000:]
     right = [name == osp.basename(osp.dirname(img)) for (name, _), img in zip(tops, images)]
     assert 100 * sum(right) / len(right) == pytest.approx(test_accuracy[0], abs=1e-3)
-    assert len(list((workspace / 'drawn').glob('*_pred.png'))) == 32
+    assert len(list((workspace / 'drawn').glob('*_pred.png'))) == 64
 
     from mmengine.runner import Runner
 

@@ -7,11 +7,12 @@ from torchvision.datasets import ImageFolder
 from ovkit.vit.presets import folder_classes, pretrained_norm
 
 
-def make_folder(root, classes, per_class=1):
-    for c in classes:
-        (root / 'train' / c).mkdir(parents=True)
-        for k in range(per_class):
-            Image.new('RGB', (8, 8)).save(root / 'train' / c / f'{k}.png')
+def make_folder(root, classes, per_class=1, splits=('train', 'val')):
+    for split in splits:
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for k in range(per_class):
+                Image.new('RGB', (8, 8)).save(root / split / c / f'{k}.png')
 
 
 def test_classes_sorted_like_torchvision(tmp_path):
@@ -29,6 +30,26 @@ def test_missing_or_empty_folders_are_explained(tmp_path):
     (tmp_path / 'train' / 'b').mkdir()
     with pytest.raises(FileNotFoundError, match=r"\['b'\]"):
         folder_classes(str(tmp_path))
+
+
+def test_val_folder_is_checked(tmp_path):
+    root = str(tmp_path)
+    make_folder(tmp_path, ['cat', 'dog', 'owl'], splits=('train', ))
+    with pytest.raises(FileNotFoundError, match=r"no val/ folder \(.*val'\) next to train/"):
+        folder_classes(root)
+    assert folder_classes(root, val_split=None) == ('cat', 'dog', 'owl')
+    make_folder(tmp_path, ['cat', 'dgo'], splits=('val', ))
+    with pytest.raises(FileNotFoundError) as e:
+        folder_classes(root)
+    assert "val/ lacks ['dog', 'owl']; only val/ has ['dgo']" in str(e.value)
+    (tmp_path / 'val' / 'dgo').rename(tmp_path / 'val' / 'dog')
+    (tmp_path / 'val' / 'owl').mkdir()
+    with pytest.raises(FileNotFoundError, match=r"without images in .*val'.*\['owl'\]"):
+        folder_classes(root)
+    Image.new('RGB', (8, 8)).save(tmp_path / 'val' / 'owl' / 'x.jpg')
+    assert folder_classes(root) == ('cat', 'dog', 'owl')
+    # a config read where the data is not still reads (classes None)
+    assert folder_classes(str(tmp_path / 'absent'), required=False) is None
 
 
 @pytest.mark.parametrize('tag', [

@@ -102,6 +102,25 @@ def test_avg_pool_uses_fc_norm():
     assert_close(manual, expected)
 
 
+@pytest.mark.parametrize('opt', [
+    dict(qkv_bias=False), dict(class_token=False, global_pool='avg'), dict(final_norm=False),
+    dict(fc_norm=True), dict(global_pool='avg', fc_norm=False), dict(mlp_ratio=2.),
+    dict(in_chans=1), dict(img_size=(32, 48))], ids=str)
+def test_options_shared_with_timm(opt):
+    """Constructor options timm's VisionTransformer has too: same names, same logits."""
+    ref = perturb(VisionTransformer(**dict(dict(img_size=32, patch_size=8, embed_dim=64, depth=2,
+                                                num_heads=4, num_classes=3), **opt)), seed=11)
+    timm_fused(ref, False)
+    ours = load_into_ovkit(ref, 3, **dict(dict(arch=dict(embed_dim=64, depth=2, num_heads=4),
+                                               img_size=32, patch_size=8, fused_attn=False),
+                                          **opt))
+    size = opt.get('img_size', (32, 32))
+    x = torch.randn(2, opt.get('in_chans', 3), *size)
+    with torch.no_grad():
+        expected = ref(x)
+    assert_close(logits(ours, x), expected)
+
+
 @pytest.mark.parametrize('fused', [False, True])
 def test_deit_distilled(fused):
     ref = perturb(VisionTransformerDistilled(img_size=224, patch_size=16, embed_dim=192, depth=2,

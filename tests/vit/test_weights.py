@@ -204,3 +204,19 @@ def test_not_a_checkpoint(tmp_path):
     path.write_bytes(b'not a pickle')
     with pytest.raises(WeightsError, match='junk.pth'):
         OVKitViT(arch=ARCH, img_size=64, pretrained=str(path)).init_weights()
+
+
+def test_unknown_layout_names_the_file(tmp_path):
+    path = tmp_path / 'resnet50.pth'
+    torch.save({'conv1.weight': torch.zeros(2, 3, 1, 1), 'fc.bias': torch.zeros(2)}, path)
+    with pytest.raises(WeightsError) as e:
+        OVKitViT(arch=ARCH, img_size=64, pretrained=str(path)).init_weights()
+    msg = str(e.value)
+    assert f'model.backbone.pretrained = {str(path)!r}' in msg
+    assert 'conv1.weight' in msg and 'blocks.0.' in msg and '--format' in msg
+    # a forced format that is not the file's: the file is named too
+    timm_file = tmp_path / 'timm.pth'
+    torch.save(timm_vit(7).state_dict(), timm_file)
+    for fmt in ('npz', 'ovkit'):
+        with pytest.raises(WeightsError, match=f"SRC = {str(timm_file)!r}"):
+            convert_main([str(timm_file), str(tmp_path / 'o.pth'), '--format', fmt])

@@ -1,0 +1,13 @@
+# Causal TDE (context motifs, sum fusion), SGDet: boxes and labels from the frozen detector;
+# shapes scene graphs (CI scale).
+#   python tools/data/make_shapes.py --out data/shapes --kinds vg150
+#   tools/dist_train.sh configs/sgg/faster-rcnn_r18-fpn-tiny_shapes-vg150.py 2   # the detector
+#   tools/dist_train.sh configs/sgg/causal-motifs-sum-tde_r18-fpn-tiny_sgdet_shapes-vg150.py 2
+#   tools/test.py configs/sgg/causal-motifs-sum-tde_r18-fpn-tiny_sgdet_shapes-vg150.py \
+#       work_dirs/causal-motifs-sum-tde_r18-fpn-tiny_sgdet_shapes-vg150/iter_200.pth
+_base_ = ['./causal-motifs-sum-tde_r18-fpn-tiny_predcls_shapes-vg150.py']
+detector_checkpoint = 'work_dirs/faster-rcnn_r18-fpn-tiny_shapes-vg150/iter_400.pth'
+mode = 'sgdet'
+model = dict(mode=mode, detector_checkpoint=detector_checkpoint)
+val_evaluator = dict(mode=mode)
+test_evaluator = val_evaluator
