@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ['make_shape_crops', 'train_shapes_clip', 'zero_shot_accuracy', 'main',
+__all__ = ['make_shape_crops', 'context_box', 'train_shapes_clip', 'zero_shot_accuracy', 'main',
            'TRAIN_DEFAULTS']
 
 # Training settings that define a cached checkpoint (the json stores them; a change retrains).
@@ -116,17 +116,27 @@ def make_shape_crops(num: int, seed: int = 0, crop_size: int = 64, scene_size: i
         for cls, (x1, y1, x2, y2) in objects:
             if k == num:
                 break
-            w, h = (x2 - x1) * rng.uniform(1.0, max_context), (y2 - y1) * rng.uniform(
-                1.0, max_context)
-            cx = (x1 + x2) / 2 + rng.uniform(-0.25, 0.25) * (w - (x2 - x1))
-            cy = (y1 + y2) / 2 + rng.uniform(-0.25, 0.25) * (h - (y2 - y1))
-            box = [max(0.0, cx - w / 2), max(0.0, cy - h / 2),
-                   min(float(scene_size), cx + w / 2), min(float(scene_size), cy + h / 2)]
+            box = context_box(rng, (x1, y1, x2, y2), max_context, scene_size)
             crop = scene.crop(tuple(int(round(v)) for v in box))
             images[k] = np.asarray(crop.resize((crop_size, crop_size), Image.BILINEAR))
             labels[k] = cls
             k += 1
     return images, labels
+
+
+def context_box(rng, box, max_context, scene_size):
+    """A crop window around ``box`` (x1, y1, x2, y2), as a bag's spanned box holds a region.
+
+    Width and height are the box's times independent factors in [1, ``max_context``]; the box
+    sits in the middle half of the slack on each axis, so the window contains it; the window
+    is clipped to the ``scene_size`` square.
+    """
+    x1, y1, x2, y2 = box
+    w, h = (x2 - x1) * rng.uniform(1.0, max_context), (y2 - y1) * rng.uniform(1.0, max_context)
+    cx = (x1 + x2) / 2 + rng.uniform(-0.25, 0.25) * (w - (x2 - x1))
+    cy = (y1 + y2) / 2 + rng.uniform(-0.25, 0.25) * (h - (y2 - y1))
+    return [max(0.0, cx - w / 2), max(0.0, cy - h / 2),
+            min(float(scene_size), cx + w / 2), min(float(scene_size), cy + h / 2)]
 
 
 def _to_clip_input(images: np.ndarray, mean, std) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ovkit.clip import build_clip
 from ovkit.clip.shapes_clip import (
     _contrastive_loss,
+    context_box,
     main,
     make_shape_crops,
     train_shapes_clip,
@@ -34,6 +35,22 @@ def test_crops_cover_every_class_and_are_deterministic():
     centre = images[:, 28:36, 28:36].reshape(160, -1, 3).mean(1)
     corners = images[:, :4, :4].reshape(160, -1, 3).mean(1)
     assert (np.abs(centre - corners).max(1) > 20).mean() > 0.6
+
+
+def test_context_box_spans_the_views_of_the_bag_teacher():
+    """Crop windows hold the shape's box, from tight (1x) up to max_context x per axis, width
+    and height drawn apart (a bag's spanned box is rarely square)."""
+    rng = np.random.default_rng(0)
+    box = (50.0, 40.0, 70.0, 60.0)
+    wins = np.array([context_box(rng, box, 3.0, 1000) for _ in range(2000)])
+    assert (wins[:, :2] <= box[:2]).all() and (wins[:, 2:] >= box[2:]).all()
+    sw, sh = (wins[:, 2] - wins[:, 0]) / 20, (wins[:, 3] - wins[:, 1]) / 20
+    assert sw.min() < 1.05 and sh.min() < 1.05 and sw.max() > 2.9 and sh.max() > 2.9
+    assert sw.max() <= 3.0 + 1e-9 and abs(np.corrcoef(sw, sh)[0, 1]) < 0.1
+    tight = np.array([context_box(rng, box, 1.0, 1000) for _ in range(10)])
+    assert np.allclose(tight, box)
+    clipped = context_box(rng, (0.0, 0.0, 20.0, 20.0), 3.0, 64)
+    assert clipped[0] == 0.0 and clipped[1] == 0.0
 
 
 def test_contrastive_loss_counts_same_class_pairs_as_positives():
