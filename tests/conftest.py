@@ -32,3 +32,24 @@ def shapes_workspace(tmp_path_factory):
     ws = tmp_path_factory.mktemp('ws')
     make_shapes(str(ws / 'data' / 'shapes'), seed=0, kinds=['coco'])
     return ws
+
+
+@pytest.fixture(autouse=True)
+def _loggers_write_to_open_streams():
+    """Point logging handlers left on a closed stream back at the live one.
+
+    mmengine's loggers are process-wide singletons: one created while an earlier test's output
+    was captured keeps that capture's stream, closed afterwards, and every later record then
+    prints a '--- Logging error ---' traceback into the running test's stderr.
+    """
+    import logging
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            stream = getattr(handler, 'stream', None)
+            if (isinstance(handler, logging.StreamHandler)
+                    and not isinstance(handler, logging.FileHandler)
+                    and getattr(stream, 'closed', False)):
+                handler.setStream(sys.stdout)
+    yield

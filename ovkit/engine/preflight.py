@@ -33,6 +33,7 @@ and, optionally, how to make files whose path matches a pattern::
 import os
 import os.path as osp
 import re
+import sys
 import time
 from collections import namedtuple
 
@@ -84,8 +85,8 @@ class PreflightError(UserError):
         super().__init__(text)
 
 
-InputSpec = namedtuple('InputSpec', 'key kind fix rows validate root train_only')
-_INPUTS = {}
+InputSpec = namedtuple('InputSpec', 'key kind fix rows validate root train_only family')
+_INPUTS = {}  # (family, key) -> InputSpec
 _FIXES = []
 
 
@@ -109,7 +110,11 @@ def declare_input(key, kind='file', fix='', rows=None, validate=None, root=None,
     """
     if kind not in KINDS:
         raise ValueError(f'declare_input({key!r}): kind must be one of {KINDS}, got {kind!r}')
-    _INPUTS[key] = InputSpec(key, kind, fix, rows, validate, root, train_only)
+    # Families may declare the same key (PP-TSM and ViT both read ``backbone.pretrained``, in
+    # formats of their own): each declaration belongs to the family package that made it.
+    caller = sys._getframe(1).f_globals.get('__name__', '')
+    family = '.'.join(caller.split('.')[:2]) if caller.startswith('ovkit.') else caller
+    _INPUTS[(family, key)] = InputSpec(key, kind, fix, rows, validate, root, train_only, family)
 
 
 def declare_fix(pattern, fix):
@@ -122,9 +127,30 @@ def declare_fix(pattern, fix):
     _FIXES.append((re.compile(pattern), fix))
 
 
-def declared_inputs():
-    """The declared keys: ``{key: InputSpec}``."""
-    return dict(_INPUTS)
+def declared_inputs(families=None):
+    """The declared keys: ``{key: InputSpec}``.
+
+    Args:
+        families: the family packages a config imports (``['ovkit.pptsm']``); a key declared by
+            several families takes the declaration of one of these. ``None``: every family, the
+            first declaration of a key winning.
+    """
+    out = {}
+    for (family, key), spec in _INPUTS.items():
+        if families and key in out and out[key].family not in families:
+            out[key] = spec if family in families else out[key]
+        elif key not in out:
+            out[key] = spec
+    return out
+
+
+def config_families(cfg):
+    """The ovkit family packages a config's ``custom_imports`` names (``'ovkit.sgg'``, ...)."""
+    imports = (cfg.get('custom_imports') or {}).get('imports') or []
+    if isinstance(imports, str):
+        imports = [imports]
+    return ['.'.join(name.split('.')[:2]) for name in imports
+            if isinstance(name, str) and name.startswith('ovkit.')]
 
 
 # The synthetic data every tiny config reads (ovkit.shapes, a shared package).
@@ -441,7 +467,7 @@ class _Checker:
                     key, 'the checkpoint path (or set init_cfg=None to start from scratch)'))
 
     def declared(self, mode='train'):
-        specs = {k: v for k, v in declared_inputs().items()
+        specs = {k: v for k, v in declared_inputs(config_families(self.cfg)).items()
                  if mode == 'train' or not v.train_only}
         for key, value, parent in _walk(self.cfg):
             if not isinstance(value, str):

@@ -251,7 +251,21 @@ def test_family_declaration_is_one_line(ws, frcnn_cfg, tmp_path):
         open('vocab.txt', 'w').write('cat\n')
         assert problems(cfg) == []
     finally:
-        preflight._INPUTS.pop(key)
+        preflight._INPUTS.pop((__name__, key))
+
+
+def test_a_key_two_families_declare_follows_the_config_imports():
+    """PP-TSM and ViT both declare ``backbone.pretrained``: each config gets its own family's
+    check and fix, whatever was imported last (the whole test suite imports both)."""
+    import ovkit.pptsm.inputs  # noqa: F401
+    import ovkit.vit.inputs  # noqa: F401
+    for family in ('ovkit.pptsm', 'ovkit.vit'):
+        spec = preflight.declared_inputs([family])['backbone.pretrained']
+        assert spec.family == family
+        cfg = dict(custom_imports=dict(imports=['ovkit', family]))
+        assert preflight.config_families(cfg) == [family]
+    assert preflight.declared_inputs()['backbone.pretrained'].family in ('ovkit.pptsm',
+                                                                         'ovkit.vit')
 
 
 def test_coco_report_counts_what_mmdet_drops(ws, frcnn_cfg):

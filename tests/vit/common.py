@@ -46,7 +46,11 @@ def ovkit_classifier(num_classes, mean=(127.5, ) * 3, std=(127.5, ) * 3, head=No
         head=dict(type='OVKitViTClsHead', num_classes=num_classes, distilled=distilled,
                   in_channels=backbone.get('representation_size') or _width(backbone),
                   **(head or {})))
-    model = MODELS.build(cfg)
+    from mmengine.registry import DefaultScope
+    # An earlier test (or Runner) may have left another default scope, whose registry mmengine
+    # would then build from.
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg)
     if init:
         model.init_weights()
     return model.eval()

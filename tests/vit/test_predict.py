@@ -100,9 +100,10 @@ def test_predict_scores_equal_runner_test_loop(base, imagenet, tmp_path):
     assert mean == pytest.approx(cfg.data_preprocessor.mean)  # the top-level one
 
     # the test can fail: cfg.model alone (no top-level preprocessor) scores differently
-    from mmengine.registry import MODELS
+    from mmengine.registry import MODELS, DefaultScope
     from mmengine.runner.checkpoint import load_checkpoint
-    raw = MODELS.build(cfg.model).eval()
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        raw = MODELS.build(cfg.model).eval()
     load_checkpoint(raw, ckpt)
     assert not raw.data_preprocessor._enable_normalize
     bare = predict(raw, pcfg, images[:1], classes, topk=1)[0]['topk'][0]

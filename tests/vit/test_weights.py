@@ -129,12 +129,14 @@ def mmpretrain_classifier(distilled=False):
     from mmpretrain.registry import MODELS
     arch = dict(embed_dims=DIM, num_layers=DEPTH, num_heads=HEADS, feedforward_channels=4 * DIM)
     head = 'DeiTClsHead' if distilled else 'VisionTransformerClsHead'
-    model = MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='DistilledVisionTransformer' if distilled else 'VisionTransformer',
-                      arch=arch, img_size=64, patch_size=16),
-        head=dict(type=head, num_classes=6, in_channels=DIM,
-                  hidden_dim=None if distilled else 48)))
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='DistilledVisionTransformer' if distilled else 'VisionTransformer',
+                          arch=arch, img_size=64, patch_size=16),
+            head=dict(type=head, num_classes=6, in_channels=DIM,
+                      hidden_dim=None if distilled else 48)))
     model.init_weights()
     return perturb(model, seed=5)
 
