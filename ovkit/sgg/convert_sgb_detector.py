@@ -179,25 +179,27 @@ def convert(state: Dict[str, torch.Tensor], bn_eps: float = 1e-5,
     return out, skipped
 
 
-def load_sgb_checkpoint(path: str, trust: bool = False) -> Dict[str, torch.Tensor]:
+def load_sgb_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     """The ``model`` state dict of an SGB / maskrcnn-benchmark checkpoint.
+
+    Loaded with ``weights_only=True``: maskrcnn-benchmark saves plain dicts of tensors and
+    numbers (model, optimizer, scheduler, iteration), so nothing else is ever unpickled.
 
     Args:
         path: the ``.pth`` file.
-        trust: allow full unpickling (``weights_only=False``) if plain loading fails.
     """
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=not trust)
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(
             f'{path} does not exist; SGB publishes the VG150 detector as '
             'pretrained_faster_rcnn/model_final.pth (README.md of '
             'KaihuaTang/Scene-Graph-Benchmark.pytorch, "Pretrained Models")') from None
     except Exception as e:                      # noqa: BLE001 (unpickling errors vary)
-        if trust:
-            raise
-        raise RuntimeError(f'{path} could not be loaded with weights_only=True ({e}); if you '
-                           'trust the file, rerun with --trust-checkpoint') from None
+        raise RuntimeError(f'{path} could not be loaded as a checkpoint of tensors ({e}); '
+                           "SGB's model_final.pth holds only tensors and numbers, so this file "
+                           'is damaged or another kind of file; ovkit never unpickles other '
+                           'objects') from None
     state = ckpt.get('model', ckpt) if isinstance(ckpt, dict) else ckpt
     if not isinstance(state, dict):
         raise TypeError(f'{path}: expected a state dict or {{"model": state_dict}}')
@@ -211,8 +213,6 @@ def main(argv=None) -> None:
     parser.add_argument('dst', help='output .pth for mmdet (load_from / init_cfg)')
     parser.add_argument('--bn-eps', type=float, default=1e-5,
                         help="eps of the mmdet BatchNorm the frozen BNs are folded for")
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow full unpickling of the source (only for trusted files)')
     parser.add_argument('--anchor-strides', type=int, nargs='+',
                         default=list(SGB_VG_ANCHORS['strides']), help='yaml RPN.ANCHOR_STRIDE')
     parser.add_argument('--anchor-sizes', type=float, nargs='+',
@@ -222,7 +222,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     anchors = dict(strides=tuple(args.anchor_strides), sizes=tuple(args.anchor_sizes),
                    ratios=tuple(args.aspect_ratios))
-    state = _strip(load_sgb_checkpoint(args.src, args.trust_checkpoint))
+    state = _strip(load_sgb_checkpoint(args.src))
     cell_anchors = check_cell_anchors(state, anchors)
     out, skipped = convert(state, args.bn_eps, anchors)
     num_classes = out['roi_head.bbox_head.fc_cls.weight'].shape[0] - 1

@@ -324,3 +324,21 @@ def test_clear_errors(tmp_path):
         main([str(tmp_path / 'nope.pth'), str(tmp_path / 'out.pth')])
     with pytest.raises(KeyError, match='not a maskrcnn-benchmark Faster R-CNN'):
         convert({'backbone.body.stem.conv1.weight': torch.zeros(1)})
+
+
+class _Planted:
+    """Unpickling this would run os.system: the converter must refuse it unread."""
+
+    def __reduce__(self):
+        import os
+        return os.system, ('touch SHOULD_NOT_EXIST',)
+
+
+def test_a_pickle_with_other_objects_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / 'model_final.pth'
+    torch.save({'model': {'w': torch.zeros(1)}, 'extra': _Planted()}, src)
+    with pytest.raises(RuntimeError, match=r'model_final\.pth could not be loaded as a checkpoint '
+                       r'of tensors .*never unpickles other objects'):
+        main([str(src), str(tmp_path / 'out.pth')])
+    assert not (tmp_path / 'SHOULD_NOT_EXIST').exists()
