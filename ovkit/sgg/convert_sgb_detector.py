@@ -196,7 +196,9 @@ def load_sgb_checkpoint(path: str) -> Dict[str, torch.Tensor]:
             'pretrained_faster_rcnn/model_final.pth (README.md of '
             'KaihuaTang/Scene-Graph-Benchmark.pytorch, "Pretrained Models")') from None
     except Exception as e:                      # noqa: BLE001 (unpickling errors vary)
-        raise RuntimeError(f'{path} could not be loaded as a checkpoint of tensors ({e}); '
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [repr(e)]
+        detail = next((line for line in lines if 'GLOBAL' in line), lines[0])  # torch's long text
+        raise RuntimeError(f'{path} could not be loaded as a checkpoint of tensors ({detail}); '
                            "SGB's model_final.pth holds only tensors and numbers, so this file "
                            'is damaged or another kind of file; ovkit never unpickles other '
                            'objects') from None
