@@ -45,6 +45,9 @@ def _loggers_write_to_open_streams():
     import logging
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    mmengine_logging = sys.modules.get('mmengine.logging')
+    if mmengine_logging is not None:  # MMLogger instances live outside logging's registry
+        loggers += list(mmengine_logging.MMLogger._instance_dict.values())
     for logger in loggers:
         for handler in logger.handlers:
             stream = getattr(handler, 'stream', None)
@@ -53,3 +56,13 @@ def _loggers_write_to_open_streams():
                     and getattr(stream, 'closed', False)):
                 handler.setStream(sys.stdout)
     yield
+
+
+def in_default_scope(scope):
+    """An autouse fixture body for a family's tests: run each test under its host's default
+    scope. mmengine keeps the default scope process-wide, so a test of another host (or a
+    Runner) left earlier in the session would otherwise make ``mmdet.registry.MODELS.build``
+    look in, e.g., mmaction's registry."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope(scope):
+        yield

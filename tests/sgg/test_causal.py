@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mmdet.registry import MODELS
+from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import load_checkpoint, save_checkpoint
 
 import ovkit.sgg  # noqa: F401
@@ -24,7 +25,8 @@ def build(mode='sgcls', context='motifs', fusion='sum', **kw):
                pooling_dim=14, dropout=0.0, average_ratio=0.1)
     cfg.update(kw)
     torch.manual_seed(0)
-    pred = MODELS.build(cfg)
+    with DefaultScope.overwrite_default_scope('mmdet'):  # an earlier test may leave another
+        pred = MODELS.build(cfg)
     pred.load_statistics(fake_statistics())
     return pred
 
