@@ -54,7 +54,7 @@ def _loggers_write_to_open_streams():
             if (isinstance(handler, logging.StreamHandler)
                     and not isinstance(handler, logging.FileHandler)
                     and getattr(stream, 'closed', False)):
-                handler.setStream(sys.stdout)
+                handler.stream = sys.stdout  # setStream would flush the closed one
     yield
 
 
