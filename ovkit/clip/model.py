@@ -53,6 +53,49 @@ def _value_path_forward(block: nn.Module, x: torch.Tensor, anchor: torch.Tensor)
     return tokens + block.ls_2(block.mlp(block.ln_2(tokens)))
 
 
+def _length_buckets(kept: torch.Tensor, max_buckets: int = 4) -> List[torch.Tensor]:
+    """Rows grouped by sequence length (kept words + 2) to cut padding: at most ``max_buckets``
+    groups of contiguous lengths, chosen by dynamic programming to minimise the padded tokens
+    plus a per-group charge (1/32 of the unsplit cost, at least 64 tokens) so that a split must
+    pay for its extra pass through the blocks. One group (all rows) when splitting saves little.
+    BARON's bag sentences range from 1 to 9 boxes of words, so one padded batch wastes most of
+    its positions; the reference pads all of them to the longest.
+    """
+    lengths = kept.tolist()
+    uniq = sorted(set(lengths))
+    if len(uniq) == 1:
+        return [torch.arange(len(lengths), device=kept.device)]
+    counts = [0] * len(uniq)
+    where = {u: i for i, u in enumerate(uniq)}
+    for n in lengths:
+        counts[where[n]] += 1
+    cum = [0]
+    for c in counts:
+        cum.append(cum[-1] + c)
+    m = len(uniq)
+    charge = max(64.0, len(lengths) * (uniq[-1] + 2) / 32)
+    inf = float('inf')
+    # best[b][j]: cost of lengths uniq[:j] in b groups; cut[b][j]: start of the last group
+    best = [[inf] * (m + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (m + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0.0
+    for b in range(1, max_buckets + 1):
+        for j in range(1, m + 1):
+            for i in range(j):
+                cost = best[b - 1][i] + (cum[j] - cum[i]) * (uniq[j - 1] + 2) + charge
+                if cost < best[b][j]:
+                    best[b][j], cut[b][j] = cost, i
+    b = min(range(1, max_buckets + 1), key=lambda k: best[k][m])
+    bounds, j = [], m
+    while b > 0:
+        i = cut[b][j]
+        bounds.append((uniq[i], uniq[j - 1]))
+        j, b = i, b - 1
+    if len(bounds) == 1:
+        return [torch.arange(len(lengths), device=kept.device)]
+    return [((kept >= lo) & (kept <= hi)).nonzero().flatten() for lo, hi in reversed(bounds)]
+
+
 # How per-token outputs are read: the ordinary transformer outputs, or the value path above.
 TOKEN_MODES = ('causal', 'maskclip')
 
@@ -233,7 +276,8 @@ class CLIPModel(nn.Module):
 
         Each row becomes [start, kept words packed to the front in order, end, pad...] with pad =
         embedding of token id 0, positional embeddings added everywhere, context length = max kept
-        + 2 in the batch. ``valid_mask`` [N, W] (True = keep) drops words, e.g. word dropout.
+        + 2 among rows of similar length (:func:`_length_buckets`; exact, by the causal mask).
+        ``valid_mask`` [N, W] (True = keep) drops words, e.g. word dropout.
         Returns [N, D] (end-token feature; D = embed_dim for ``layer=None``, text_width for
         ``layer=k``); with ``return_word_tokens`` also [N, W, D] per-word outputs (same space,
         not normalised; zero where a word was dropped), in the words' original slots.
@@ -263,10 +307,32 @@ class CLIPModel(nn.Module):
             return (feat, words.new_zeros(num, num_words, out_dim)) if return_word_tokens \
                 else feat
         kept = valid.sum(dim=1)  # [N]
-        length = int(kept.max()) + 2
-        if length > self.context_length:
-            raise ValueError(f'{length - 2} pseudo words + start/end tokens exceed the CLIP '
+        longest = int(kept.max()) + 2
+        if longest > self.context_length:
+            raise ValueError(f'{longest - 2} pseudo words + start/end tokens exceed the CLIP '
                              f'context length {self.context_length}.')
+        mode = word_token_mode if return_word_tokens else 'causal'
+        groups = _length_buckets(kept)
+        if len(groups) == 1:
+            return self._encode_packed(words, valid, kept, layer, normalize, mode,
+                                       return_word_tokens)
+        # Rows of similar length run together: the causal mask makes every row's result
+        # independent of how far it is padded, so this only saves the padded positions.
+        outs = [self._encode_packed(words[rows], valid[rows], kept[rows], layer, normalize,
+                                    mode, return_word_tokens) for rows in groups]
+        inverse = torch.empty(num, dtype=torch.long, device=device)
+        inverse[torch.cat(groups)] = torch.arange(num, device=device)
+        if not return_word_tokens:
+            return torch.cat(outs)[inverse]
+        return (torch.cat([o[0] for o in outs])[inverse],
+                torch.cat([o[1] for o in outs])[inverse])
+
+    def _encode_packed(self, words, valid, kept, layer, normalize, token_mode,
+                       return_word_tokens):
+        """:meth:`encode_pseudo_text` of rows padded to their longest kept + 2."""
+        num, num_words, width = words.shape
+        device = words.device
+        length = int(kept.max()) + 2
         # Slot j of the packed sequence reads row entry src[:, j] of [words, start, end, pad].
         order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices  # kept first
         pos = torch.arange(length, device=device).expand(num, length)
@@ -282,8 +348,7 @@ class CLIPModel(nn.Module):
         table = torch.cat([words.to(dtype), special.expand(num, 3, width)], dim=1)
         x = table.gather(1, src[..., None].expand(num, length, width))
         x = x + self.model.positional_embedding[:length].to(device)
-        feat, tokens = self._encode_sequence(x, kept + 1, layer, normalize,
-                                             word_token_mode if return_word_tokens else 'causal')
+        feat, tokens = self._encode_sequence(x, kept + 1, layer, normalize, token_mode)
         if not return_word_tokens:
             return feat
         # Where did original word w go? position 1 + (number of kept words before it).

@@ -167,6 +167,54 @@ def test_padding_after_end_token_changes_nothing(clip):
                                    atol=1e-5, rtol=0)
 
 
+def test_length_buckets_split_only_when_padding_is_costly():
+    from ovkit.clip.model import _length_buckets
+    same = _length_buckets(torch.tensor([3, 1, 2]))  # few rows: one pass
+    assert [g.tolist() for g in same] == [[0, 1, 2]]
+    kept = torch.tensor([1] * 30 + [30] * 10 + [12] * 20)[torch.randperm(60)]
+    groups = _length_buckets(kept)
+    assert len(groups) == 3  # lengths 3, 14 and 32 each run at their own context
+    assert sorted(torch.cat(groups).tolist()) == list(range(60))  # every row exactly once
+    assert all(len(set(kept[g].tolist())) == 1 for g in groups)
+
+
+def test_length_buckets_match_rows_encoded_alone(clip):
+    """Rows of very different lengths run in separate passes; each row's features, word tokens
+    and gradients equal those of the row encoded alone (the one-pass result)."""
+    torch.manual_seed(4)
+    num_words = 30
+    words = (torch.randn(40, num_words, 64) * 0.02).requires_grad_()
+    mask = torch.zeros(40, num_words, dtype=torch.bool)
+    mask[:30, 0] = True  # 30 one-word rows ...
+    mask[30:] = torch.rand(10, num_words) < 0.9  # ... and 10 long ones
+    mask[30:, 0] = True
+    seen = []
+    hook = clip.model.transformer.resblocks[0].ln_1.register_forward_pre_hook(
+        lambda mod, args: seen.append(tuple(args[0].shape[:2])))
+    target = torch.randn(40, num_words, 64)
+    try:
+        for mode in ('causal', 'maskclip'):
+            seen.clear()
+            words.grad = None
+            feat, tokens = clip.encode_pseudo_text(words, mask, layer=None,
+                                                   return_word_tokens=True, word_token_mode=mode)
+            assert sorted(seen) == [(10, int(mask[30:].sum(1).max()) + 2), (30, 3)]
+            ((feat.sum(1, keepdim=True) * target[:, 0]).sum() + (tokens * target).sum()).backward()
+            grad = words.grad.clone()
+            for i in (0, 29, 30, 39):
+                words.grad = None
+                f1, t1 = clip.encode_pseudo_text(words[i:i + 1], mask[i:i + 1], layer=None,
+                                                 return_word_tokens=True, word_token_mode=mode)
+                torch.testing.assert_close(f1[0], feat[i], atol=1e-5, rtol=0)
+                torch.testing.assert_close(t1[0], tokens[i], atol=1e-5, rtol=0)
+                ((f1.sum(1, keepdim=True) * target[i:i + 1, 0]).sum()
+                 + (t1 * target[i:i + 1]).sum()).backward()
+                scale = float(grad[i].abs().max())
+                torch.testing.assert_close(words.grad[i], grad[i], atol=1e-4 * scale, rtol=0)
+    finally:
+        hook.remove()
+
+
 def test_return_word_tokens(clip):
     torch.manual_seed(2)
     words = torch.randn(2, 4, 64) * 0.02
