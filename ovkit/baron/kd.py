@@ -160,8 +160,26 @@ class BaronKD(nn.Module):
                                      for k in self.QUEUES})
         self.single_features = single_features
         self.boxes_cache = build_boxes_cache(boxes_cache)
+        self._warn_if_cache_drops_centres()
         self.register_buffer('kd_iter', torch.zeros((), dtype=torch.long))
         self._next_anon_id = 0
+
+    def _warn_if_cache_drops_centres(self):
+        """The cache keeps only boxes scoring above its ``score_thr``, in the same objectness
+        units as the sampler's ``objectness_thr``. Above it, the cache silently replaces the
+        proposal centres from ``start_iter`` on by the ground truth (score 1) and the best box
+        per image: on shapes, with a from-scratch RPN scoring <= 0.26, that ended bags on novel
+        shapes halfway through training (the reference sets both to 0.85)."""
+        cache, sampler = self.boxes_cache, self.sampler
+        if cache is None or cache.score_thr <= sampler.objectness_thr:
+            return
+        from mmengine.logging import print_log
+        print_log(f'BaronKD: boxes_cache.score_thr={cache.score_thr:g} is above '
+                  f'sampler.objectness_thr={sampler.objectness_thr:g}: from iteration '
+                  f'{cache.start_iter} on, proposals scoring between the two stop being bag '
+                  'centres (the cache keeps only boxes above its threshold, and ground truth). '
+                  'Set them equal (the reference uses 0.85 for both) unless that is intended.',
+                  logger='current', level=30)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x_feats, rpn_results, batch_inputs, batch_img_metas, mean, std, clip,

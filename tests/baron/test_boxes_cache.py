@@ -105,3 +105,21 @@ def test_updates_are_shared_between_processes():
     for rank in (0, 1):
         assert results[rank] == {100: [[0., 0., 5., 5., 0.875]],
                                  101: [[10., 0., 15., 5., 0.875]]}
+
+
+def test_a_cache_threshold_above_the_sampler_threshold_is_reported(monkeypatch):
+    """From start_iter on the cache keeps only boxes above its score_thr (and ground truth):
+    above the sampler's objectness_thr that silently ends proposal-centred bags."""
+    import mmengine.logging
+
+    from ovkit.baron import BaronKD
+    said = []
+    monkeypatch.setattr(mmengine.logging, 'print_log', lambda msg, **kw: said.append(msg))
+    BaronKD(num_words=2, word_dim=8, embed_dim=8, sampler=dict(objectness_thr=0.1),
+            boxes_cache=dict(start_iter=300, score_thr=0.85))
+    assert len(said) == 1 and 'boxes_cache.score_thr=0.85' in said[0] \
+        and 'sampler.objectness_thr=0.1' in said[0] and 'iteration 300' in said[0]
+    for cache in (dict(score_thr=0.1), None):  # consistent, or no cache: nothing to say
+        BaronKD(num_words=2, word_dim=8, embed_dim=8, sampler=dict(objectness_thr=0.1),
+                boxes_cache=cache)
+    assert len(said) == 1
