@@ -107,6 +107,25 @@ def test_bags_centre_on_proposals_not_only_on_ground_truth(trained, baron_worksp
     assert sum(counts) > len(images), (counts, best, thr)
 
 
+def test_region_confusion_counts_every_box_and_window(trained, baron_workspace, monkeypatch,
+                                                      capsys):
+    """tools/analysis/baron_region_confusion.py: one prediction per ground-truth box of the
+    first images and per background window, which overlaps no ground truth."""
+    from ovkit.baron import region_confusion as rc
+    work, _ = trained
+    monkeypatch.chdir(baron_workspace)
+    ckpt = (work / 'last_checkpoint').read_text().strip()
+    res = rc.main([SHAPES, ckpt, '--num-images', '5', '--bg-per-image', '3'])
+    val = json.load(open('data/shapes/coco/annotations/val.json'))
+    ids = {i['id'] for i in val['images'][:5]}
+    assert sum(res['gt'].values()) == sum(a['image_id'] in ids for a in val['annotations'])
+    assert sum(res['bg'].values()) == 15 and len(res['bg_mean_cos']) == 9
+    assert res['classes'][-1] == 'background' and 'star' in res['classes']
+    assert '15 background windows' in capsys.readouterr().out
+    assert not rc._overlaps([0, 0, 10, 10], [[10, 0, 20, 10]])  # touching is not overlapping
+    assert rc._overlaps([0, 0, 10, 10], [[9, 9, 20, 20]])
+
+
 @pytest.fixture(scope='module')
 def random_vit_b32(tmp_path_factory):
     """CLIP ViT-B/32-shaped weights (random; real ones are never downloaded in tests)."""
