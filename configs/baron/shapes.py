@@ -71,7 +71,11 @@ model = dict(
             single_weight=0.1,
             queue_length=256,
             single_features='maskclip',
-            boxes_cache=dict(start_iter=300, num_boxes=50, nms_thr=0.1, score_thr=0.85),
+            # the cache keeps boxes above score_thr in the same objectness units as the
+            # sampler's objectness_thr, so the two thresholds go together (the reference: 0.85
+            # and 0.85); at 0.85 here the cache replaced every proposal centre by the ground
+            # truth from start_iter on, and novel AP50 fell to 1-5 on two seeds of three
+            boxes_cache=dict(start_iter=300, num_boxes=50, nms_thr=0.1, score_thr=0.1),
             # Bags must centre on proposals (novel shapes are never ground truth here). The
             # reference's 0.85 assumes a SOCO-initialised RPN; this from-scratch tiny RPN with
             # detached objectness scores at most ~0.26 after 600 iterations (measured on the
@@ -124,8 +128,9 @@ val_evaluator = dict(
     metric='bbox')
 test_evaluator = val_evaluator
 
-# long enough to be a working detector; e2e tests shorten it with --cfg-options
-max_iters = 600
+# long enough to be a working detector (base AP50 93-99 on three seeds at 900 iterations,
+# 25-95 at 600); e2e tests shorten it with --cfg-options
+max_iters = 900
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),

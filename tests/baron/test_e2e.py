@@ -18,7 +18,8 @@ BARON_LOSSES = ('loss_cls', 'loss_bbox', 'loss_bag', 'loss_single', 'loss_rpn_cl
                 'loss_rpn_bbox')
 
 
-# configs/baron/shapes.py trains 600 iterations (the demo); CI runs 40 of them.
+# configs/baron/shapes.py trains 900 iterations (the demo, tests/baron/test_demo.py); this
+# file runs 40 of them.
 SHORT = ['train_cfg.max_iters=40', 'default_hooks.checkpoint.interval=20',
          'default_hooks.logger.interval=5', 'log_processor.window_size=5']
 
