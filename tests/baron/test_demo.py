@@ -7,7 +7,7 @@ which never saw a star or ring box, names the novel ground-truth boxes right whi
 the base ones right, and the ablation (bag and single-region losses off) does not do both
 (tools/analysis/baron_region_confusion.py; on three seeds BARON named 28-29 of 29 novel and 77
 of 77 base boxes; the ablation named the base boxes and no novel one on seed 0, and called every
-box "star" on seed 2); and BARON's novel AP50 is above the ablation's. Its size is not
+box "star" on seeds 1 and 2); and BARON's novel AP50 is above the ablation's. Its size is not
 asserted: empty background scored as "star" caps it at 11-36 depending on the seed, so a
 threshold there would test the seed. About 10 minutes on 2 idle CPU cores.
 """
