@@ -58,18 +58,11 @@ def _scene(rng, size, classes, palette_prob):
     """A detection-like scene of 1-3 non-overlapping shapes: (PIL image, [(cls, box)])."""
     from PIL import ImageDraw
 
-    from ovkit.shapes.draw import PALETTE, background, draw_shape
+    from ovkit.shapes.draw import PALETTE, background, draw_shape, place_shapes
     img = background(rng, size)  # the look of the shapes detection images
     draw = ImageDraw.Draw(img)
-    placed, objects = [], []
-    for _ in range(int(rng.integers(1, 4))):
-        for _try in range(20):
-            r = float(rng.uniform(size * 0.08, size * 0.2))
-            cx, cy = (float(v) for v in rng.uniform(r + 1, size - r - 1, size=2))
-            if all(math.hypot(cx - px, cy - py) > r + pr + 2 for px, py, pr in placed):
-                break
-        else:
-            continue
+    objects = []
+    for cx, cy, r in place_shapes(rng, size, int(rng.integers(1, 4))):
         cls = int(rng.integers(len(classes)))
         if rng.random() < palette_prob:
             color = np.array(PALETTE[cls % len(PALETTE)]) + rng.integers(-25, 25, 3)
@@ -77,7 +70,6 @@ def _scene(rng, size, classes, palette_prob):
             color = rng.integers(40, 256, 3)
         color = tuple(int(c) for c in np.clip(color, 0, 255))
         box = draw_shape(draw, classes[cls], cx, cy, r, color)
-        placed.append((cx, cy, r))
         objects.append((cls, box))
     return img, objects
 

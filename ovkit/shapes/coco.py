@@ -5,7 +5,6 @@ keeps only base-class boxes (like OV-COCO's ``instances_train2017_seen_2.json``)
 all classes.
 """
 import json
-import math
 import os
 import os.path as osp
 
@@ -13,26 +12,18 @@ import numpy as np
 from PIL import ImageDraw
 
 from .classes import NOVEL_CLASSES, SHAPE_CLASSES
-from .draw import PALETTE, background, draw_shape
+from .draw import PALETTE, background, draw_shape, place_shapes
 
 
 def make_detection_image(rng, size=128, max_objects=4, classes=SHAPE_CLASSES):
     """One image with 1..max_objects non-overlapping shapes; returns (PIL image, [(cls, box)])."""
     img = background(rng, size)
     draw = ImageDraw.Draw(img)
-    objects, placed = [], []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        for _try in range(20):
-            r = float(rng.uniform(size * 0.08, size * 0.2))
-            cx, cy = (float(v) for v in rng.uniform(r + 1, size - r - 1, size=2))
-            if all(math.hypot(cx - px, cy - py) > r + pr + 2 for px, py, pr in placed):
-                break
-        else:
-            continue
+    objects = []
+    for cx, cy, r in place_shapes(rng, size, int(rng.integers(1, max_objects + 1))):
         cls_idx = int(rng.integers(len(classes)))
         color = tuple(int(c) for c in PALETTE[cls_idx % len(PALETTE)] + rng.integers(-25, 25, 3))
         box = draw_shape(draw, classes[cls_idx], cx, cy, r, color)
-        placed.append((cx, cy, r))
         objects.append((cls_idx, [max(0.0, box[0]), max(0.0, box[1]),
                                   min(float(size), box[2]), min(float(size), box[3])]))
     return img, objects

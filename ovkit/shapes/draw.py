@@ -62,3 +62,21 @@ def background(rng, size):
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
+
+
+def place_shapes(rng, size, count):
+    """Centres and radii of up to ``count`` non-overlapping shapes in a ``size`` square scene,
+    one at a time (20 tries each; a shape that finds no room is skipped). A generator, so the
+    caller's own random draws for each shape (class, colour) interleave with the placement
+    draws in one fixed order: the same seed gives the same scene."""
+    placed = []
+    for _ in range(count):
+        for _try in range(20):
+            r = float(rng.uniform(size * 0.08, size * 0.2))
+            cx, cy = (float(v) for v in rng.uniform(r + 1, size - r - 1, size=2))
+            if all(math.hypot(cx - px, cy - py) > r + pr + 2 for px, py, pr in placed):
+                break
+        else:
+            continue
+        yield cx, cy, r
+        placed.append((cx, cy, r))
