@@ -82,6 +82,24 @@ def test_training_lowers_the_loss():
     losses = [float(line.split('loss ')[1].split()[0]) for line in logs]
     assert len(losses) >= 2 and losses[-1] < losses[0] - 0.2, logs
     assert not model.training
+    # Only the caption tokens' embedding rows are trained (and written back into the full
+    # table); every other row is still the seeded initial one.
+    from ovkit.clip.builder import _create_architecture
+    from ovkit.clip.model import CLIPModel
+    from ovkit.clip.prompts import format_prompt, load_prompt_templates
+    from ovkit.clip.shapes_clip import BACKGROUND, _default_templates
+    init = _create_architecture('tiny', True, 0).token_embedding.weight
+    trained = model.token_embedding.weight
+    assert trained.shape == init.shape == (49408, 64)
+    clip = CLIPModel(model, model_name='tiny')
+    templates = load_prompt_templates(_default_templates())
+    used = torch.unique(clip.tokenize([format_prompt(t, c) for c in (*SHAPE_CLASSES, BACKGROUND)
+                                       for t in templates]))
+    unused = torch.ones(len(init), dtype=torch.bool)
+    unused[used] = False
+    assert torch.equal(trained[unused], init[unused])
+    changed = (trained[used] != init[used]).any(1)
+    assert changed[used != 0].all()  # every token the captions contain (0 is padding)
 
 
 def test_cached_by_seed_and_settings(tmp_path, capsys):
