@@ -2,6 +2,7 @@
 
 ``import ovkit.baron`` (or ``custom_imports=dict(imports=['ovkit.baron'])``) registers:
 ``Baron`` (detector), ``BaronRoIHead``, ``BaronBBoxHead`` and its ConvFC variants, ``BaronKD``,
+``EnsembleBaronConvFCBBoxHead`` and its variants (separate KD branch, test-time ensemble),
 ``BaronRPNHead``, ``DetachRPNHead`` and ``OVCocoAP50Metric`` in mmdet's registries.
 """
 import ovkit  # noqa: F401  (compat fixes first)
@@ -14,6 +15,9 @@ from .bbox_head import (
                         BaronConvFCBBoxHead,
                         BaronShared2FCBBoxHead,
                         BaronShared4Conv1FCBBoxHead,
+                        EnsembleBaronConvFCBBoxHead,
+                        EnsembleBaronShared2FCBBoxHead,
+                        EnsembleBaronShared4Conv1FCBBoxHead,
 )
 from .boxes_cache import BoxesCache
 from .detector import Baron
@@ -26,4 +30,5 @@ from .rpn_head import BaronRPNHead, DetachRPNHead
 __all__ = ['Baron', 'BaronRoIHead', 'BaronBBoxHead', 'BaronConvFCBBoxHead',
            'BaronShared2FCBBoxHead', 'BaronShared4Conv1FCBBoxHead', 'BaronKD', 'BagSampler',
            'BoxPositionEmbedding', 'symmetric_info_nce', 'FeatureQueue', 'OVCocoAP50Metric',
-           'BoxesCache', 'BaronRPNHead', 'DetachRPNHead']
+           'BoxesCache', 'BaronRPNHead', 'DetachRPNHead', 'EnsembleBaronConvFCBBoxHead',
+           'EnsembleBaronShared2FCBBoxHead', 'EnsembleBaronShared4Conv1FCBBoxHead']

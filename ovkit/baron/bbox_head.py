@@ -446,11 +446,10 @@ class BaronBBoxHead(BBoxHead):
         (mmdet's BBoxHead always applies softmax to plain losses); ``extra_test_embeddings``
         columns are scored, then their detections dropped."""
         num_extra = cls_score.shape[-1] - self.num_classes - 1 if cls_score is not None else 0
-        sigmoid = getattr(self.loss_cls, 'use_sigmoid', False)
-        if roi.shape[0] == 0 or (not sigmoid and num_extra == 0):
+        if roi.shape[0] == 0:
             return super()._predict_by_feat_single(roi, cls_score, bbox_pred, img_meta,
                                                    rescale=rescale, rcnn_test_cfg=rcnn_test_cfg)
-        scores = cls_score.sigmoid() if sigmoid else F.softmax(cls_score, dim=-1)
+        scores = self.scores_from_cls(cls_score)
         results = self._post_process(roi, scores, bbox_pred, img_meta, rescale, rcnn_test_cfg)
         if num_extra == 0:
             return results
@@ -459,6 +458,13 @@ class BaronBBoxHead(BBoxHead):
             results.scores = results.scores[:, keep]
             return results
         return results[results.labels < self.num_classes]
+
+    def scores_from_cls(self, cls_score: Tensor) -> Tensor:
+        """Class probabilities from what :meth:`forward` returns in evaluation: sigmoids with a
+        sigmoid loss, else a softmax (mmdet's BBoxHead always applies softmax)."""
+        if getattr(self.loss_cls, 'use_sigmoid', False):
+            return cls_score.sigmoid()
+        return F.softmax(cls_score, dim=-1)
 
     def _post_process(self, roi, scores, bbox_pred, img_meta, rescale, rcnn_test_cfg):
         # mmdet 3.3.0 BBoxHead._predict_by_feat_single after its softmax, unchanged: decoding,
@@ -525,14 +531,18 @@ class BaronConvFCBBoxHead(BaronBBoxHead, ConvFCBBoxHead):
         return ConvFCBBoxHead.forward(self, x)
 
 
+# the two box-head layouts BARON uses (shared convs/fcs only, no separate cls/reg branches)
+_SHARED2FC = dict(num_shared_convs=0, num_shared_fcs=2, num_cls_convs=0, num_cls_fcs=0,
+                  num_reg_convs=0, num_reg_fcs=0)
+_SHARED4CONV1FC = dict(_SHARED2FC, num_shared_convs=4, num_shared_fcs=1)
+
+
 @MODELS.register_module()
 class BaronShared2FCBBoxHead(BaronConvFCBBoxHead):
     """Two shared fcs (Faster R-CNN's default box head layout)."""
 
     def __init__(self, fc_out_channels: int = 1024, **kwargs) -> None:
-        super().__init__(num_shared_convs=0, num_shared_fcs=2, num_cls_convs=0, num_cls_fcs=0,
-                         num_reg_convs=0, num_reg_fcs=0, fc_out_channels=fc_out_channels,
-                         **kwargs)
+        super().__init__(fc_out_channels=fc_out_channels, **_SHARED2FC, **kwargs)
 
 
 @MODELS.register_module()
@@ -540,6 +550,107 @@ class BaronShared4Conv1FCBBoxHead(BaronConvFCBBoxHead):
     """Four shared convs and one shared fc (BARON's OV-COCO/LVIS FPN configuration)."""
 
     def __init__(self, fc_out_channels: int = 1024, **kwargs) -> None:
-        super().__init__(num_shared_convs=4, num_shared_fcs=1, num_cls_convs=0, num_cls_fcs=0,
-                         num_reg_convs=0, num_reg_fcs=0, fc_out_channels=fc_out_channels,
-                         **kwargs)
+        super().__init__(fc_out_channels=fc_out_channels, **_SHARED4CONV1FC, **kwargs)
+
+
+@MODELS.register_module()
+class EnsembleBaronConvFCBBoxHead(BaronConvFCBBoxHead):
+    """BARON-KD with a separate distillation branch and score ensembling at test time (the
+    reference's ``EnsembleBaronConvFCBBoxHead``, its ``baron_kd_ens`` OV-LVIS config).
+
+    The pseudo words that the bag and single-region losses see come from ``kd_head``, a second
+    box head on the same RoI features (``rois_to_words`` is the KD path); this head's own words
+    are trained by the classification loss only. In evaluation both are scored against the same
+    class and background embeddings, and with ``p`` this head's probabilities and ``q`` the KD
+    branch's, ``f = ensemble_factor``::
+
+        base classes and background:  p ** f * q ** (1 - f)
+        novel classes:                p ** (1 - f) * q ** f
+
+    so the classes left out of training are scored mostly by the branch that only ever learned
+    from CLIP. Novel are the classes with training weight 0 (``novel_class_ids``, or 0 in a
+    ``class_weight`` list or category-info file, as the reference reads its no-rare category
+    info) and any ``extra_test_embeddings``; with no such split (e.g. a vocabulary given at run
+    time), every class counts as base. :meth:`forward` then returns these scores instead of
+    logits, and prediction uses them as they are (no softmax over them).
+
+    Args:
+        kd_head: config of the KD branch, a BARON box head (the reference's ``kd``); unset
+            ``num_classes``, ``num_words``, ``word_dim``, ``cls_embeddings_path`` and
+            ``text_layer`` are taken from this head, and ``with_reg`` defaults to False.
+        ensemble_factor: ``f`` above, in (0.5, 1) (the reference: 2/3).
+    """
+
+    def __init__(self, *args, kd_head: dict, ensemble_factor: float = 2.0 / 3.0,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0.5 < ensemble_factor < 1.0:
+            raise ValueError(f'ensemble_factor={ensemble_factor} must lie in (0.5, 1): base '
+                             'classes weigh this head more, novel classes the KD branch.')
+        cfg = dict(kd_head)
+        kd_type = cfg.get('type')
+        kd_type = MODELS.get(kd_type) if isinstance(kd_type, str) else kd_type
+        if not (isinstance(kd_type, type) and issubclass(kd_type, BaronBBoxHead)):
+            raise TypeError(f"kd_head type='{cfg.get('type')}' must be a BARON box head (e.g. "
+                            'BaronShared4Conv1FCBBoxHead).')
+        for key, value in dict(num_classes=self.num_classes, num_words=self.num_words,
+                               word_dim=self.word_dim, cls_embeddings_path=self.cls_embeddings,
+                               text_layer=self.text_layer, with_reg=False).items():
+            cfg.setdefault(key, value)
+        self.kd_head = MODELS.build(cfg)
+        if (self.kd_head.num_words, self.kd_head.word_dim) != (self.num_words, self.word_dim):
+            raise ValueError(f'kd_head has num_words={self.kd_head.num_words}, word_dim='
+                             f'{self.kd_head.word_dim}; both heads must give the same pseudo '
+                             f'words ({self.num_words} x {self.word_dim}).')
+        self.ensemble_factor = float(ensemble_factor)
+
+    def set_clip(self, clip) -> None:
+        super().set_clip(clip)
+        self.kd_head.set_clip(clip)
+
+    def rois_to_words(self, x: Tensor) -> Tensor:
+        """The KD path: pseudo words of the KD branch."""
+        return self.kd_head.rois_to_words(x)
+
+    def novel_mask(self, num_columns: int) -> Tensor:
+        """[num_columns] bool: which score columns (classes, extra test classes, background
+        last) the ensemble treats as novel."""
+        novel = torch.zeros(num_columns, dtype=torch.bool, device=self.cls_embeddings.device)
+        if self.class_weight is not None and self.class_weight.numel() == self.num_classes + 1:
+            novel[:self.num_classes] = self.class_weight[:self.num_classes] == 0
+        novel[self.num_classes:num_columns - 1] = True  # extra_test_embeddings
+        return novel
+
+    def forward(self, x: Tensor) -> tuple:
+        """Training: this head's logits (the KD branch is reached by ``rois_to_words``).
+        Evaluation: the ensembled scores [N, columns] (see the class docstring)."""
+        cls_score, bbox_pred = super().forward(x)
+        if self.training:
+            return cls_score, bbox_pred
+        kd_score = self.cls_logits(self.encode_words(self.kd_head.rois_to_words(x)))
+        p = super().scores_from_cls(cls_score)
+        q = super().scores_from_cls(kd_score)
+        f = self.ensemble_factor
+        novel = self.novel_mask(p.shape[-1])
+        scores = torch.where(novel, p ** (1 - f) * q ** f, p ** f * q ** (1 - f))
+        return scores, bbox_pred
+
+    def scores_from_cls(self, cls_score: Tensor) -> Tensor:
+        """:meth:`forward` already returns the ensembled scores in evaluation."""
+        return cls_score
+
+
+@MODELS.register_module()
+class EnsembleBaronShared2FCBBoxHead(EnsembleBaronConvFCBBoxHead):
+    """:class:`EnsembleBaronConvFCBBoxHead` with two shared fcs."""
+
+    def __init__(self, fc_out_channels: int = 1024, **kwargs) -> None:
+        super().__init__(fc_out_channels=fc_out_channels, **_SHARED2FC, **kwargs)
+
+
+@MODELS.register_module()
+class EnsembleBaronShared4Conv1FCBBoxHead(EnsembleBaronConvFCBBoxHead):
+    """:class:`EnsembleBaronConvFCBBoxHead` with four shared convs and one shared fc."""
+
+    def __init__(self, fc_out_channels: int = 1024, **kwargs) -> None:
+        super().__init__(fc_out_channels=fc_out_channels, **_SHARED4CONV1FC, **kwargs)

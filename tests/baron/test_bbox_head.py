@@ -518,3 +518,77 @@ def test_no_false_space_warning_for_embeddings_in_memory(clip, emb_file):
         assert len(warned) == 1 and 'classes5.npy' in warned[0] and 'tensor' not in warned[0]
     finally:
         logger.removeHandler(handler)
+
+
+# --------------------------------------------------------------------------- ensemble head
+def _ens_head(clip, emb_file, **kwargs):
+    kd = dict(type='BaronShared2FCBBoxHead', in_channels=IN_CH, roi_feat_size=7,
+              fc_out_channels=32)
+    return make_head(clip, emb_file, type='EnsembleBaronShared2FCBBoxHead', kd_head=kd,
+                     fc_out_channels=32, **kwargs)
+
+
+def test_ensemble_head_trains_like_the_plain_head_and_distils_through_its_kd_branch(
+        clip, emb_file):
+    torch.manual_seed(0)
+    head = _ens_head(clip, emb_file, novel_class_ids=[1, 3])
+    head.init_weights()
+    plain = make_head(clip, emb_file, type='BaronShared2FCBBoxHead', novel_class_ids=[1, 3])
+    state = {k: v for k, v in head.state_dict().items() if not k.startswith('kd_head.')}
+    plain.load_state_dict(state, strict=True)  # same layers, plus the KD branch
+    x = rois_input(4)
+    torch.testing.assert_close(head(x)[0], plain(x)[0])  # the classification path is unchanged
+    # the KD path (what BaronKD's bags read) is the KD branch, and only it gets the gradient
+    words = head.rois_to_words(x)
+    torch.testing.assert_close(words, head.kd_head.rois_to_words(x))
+    assert not torch.allclose(words, plain.rois_to_words(x))
+    words.sum().backward()
+    assert head.kd_head.fc_cls.weight.grad.abs().sum() > 0
+    assert head.fc_cls.weight.grad is None and not head.kd_head.with_reg
+
+
+def test_ensemble_scores_by_hand(clip, emb_file):
+    """base / background: p^f q^(1-f), novel: p^(1-f) q^f, p and q the two branches' softmax over
+    the same class and background embeddings; prediction uses them without a softmax."""
+    torch.manual_seed(1)
+    head = _ens_head(clip, emb_file, novel_class_ids=[1, 3], bg_embedding='learn',
+                     test_cls_temp=30.0).eval()
+    head.init_weights()
+    x = rois_input(5)
+    with torch.no_grad():
+        scores, bbox_pred = head(x)
+        classes = np.load(emb_file)
+        bg = head.class_embeddings_with_bg()[-1].numpy()
+        main = head.encode_words(head._forward_branches(x)[0].view(5, 3, DIM))
+        kd = head.encode_words(head.kd_head.rois_to_words(x))
+    p = torch.from_numpy(np_logits(main, classes, bg, 30.0)).softmax(-1).numpy()
+    q = torch.from_numpy(np_logits(kd, classes, bg, 30.0)).softmax(-1).numpy()
+    f = 2.0 / 3.0
+    novel = np.array([False, True, False, True, False, False])
+    expect = np.where(novel, p ** (1 - f) * q ** f, p ** f * q ** (1 - f))
+    np.testing.assert_allclose(scores.numpy(), expect, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(expect.sum(1), 1.0)  # not a distribution: no softmax may follow
+    rois = torch.cat([torch.zeros(5, 1), torch.rand(5, 2) * 20, 30 + torch.rand(5, 2) * 20], 1)
+    raw = head._predict_by_feat_single(rois, scores, bbox_pred,
+                                       dict(img_shape=(64, 64), scale_factor=(1., 1.)))
+    torch.testing.assert_close(raw.scores, scores)
+    # no split known (a run-time vocabulary): every class is base; extra test classes are novel
+    assert head.novel_mask(NUM_CLASSES + 1).tolist() == novel.tolist()
+    head.set_class_embeddings(torch.randn(4, DIM))
+    assert not head.novel_mask(5).any()
+    head.extra_test_embeddings = torch.randn(2, DIM)
+    assert head.novel_mask(7).tolist() == [False] * 4 + [True, True, False]
+    assert head(x)[0].shape == (5, 7)
+
+
+def test_ensemble_head_errors(clip, emb_file):
+    with pytest.raises(ValueError, match='ensemble_factor=0.5'):
+        _ens_head(clip, emb_file, ensemble_factor=0.5)
+    kd = dict(type='BaronShared2FCBBoxHead', in_channels=IN_CH, roi_feat_size=7,
+              fc_out_channels=32, num_words=2)
+    with pytest.raises(ValueError, match='num_words=2'):
+        make_head(clip, emb_file, type='EnsembleBaronShared2FCBBoxHead', kd_head=kd,
+                  fc_out_channels=32)
+    kd = dict(type='Shared2FCBBoxHead', in_channels=IN_CH, roi_feat_size=7, num_classes=5)
+    with pytest.raises(TypeError, match='BARON box head'):
+        make_head(clip, emb_file, type='EnsembleBaronShared2FCBBoxHead', kd_head=kd)
