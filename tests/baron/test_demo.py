@@ -1,8 +1,8 @@
 """`make demo` end to end (tools/demo.sh): the tiny Faster R-CNN (200 iterations, beside the
 next part; tested with tools/test.py) and tools/demo_baron.sh: the shapes CLIP, BARON and its
 ablation each trained for the demo's full schedule on 2 processes and evaluated after training,
-and the novel class drawn by tools/ov_infer.py. The Faster R-CNN must be a working detector (bbox mAP50 >= 0.5; 0.73
-measured, 0.06 at the tests' 40 iterations).
+and the novel class drawn by tools/ov_infer.py. The Faster R-CNN must be a working detector
+(bbox mAP50 >= 0.5; 0.73 measured, 0.06 at the tests' 40 iterations).
 
 What must hold is the method's point, measured in the two ways docs/baron.md reports: BARON,
 which never saw a star or ring box, names the novel ground-truth boxes right while still naming
