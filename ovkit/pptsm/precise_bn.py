@@ -11,14 +11,17 @@ Unlike Paddle, where each GPU keeps its own statistics, the averages are all-red
 rank holds the same numbers (and N processes equal one process that saw all their batches).
 """
 import itertools
+import logging
 
 import torch
 from mmaction.registry import HOOKS
-from mmengine.dist import all_reduce, get_world_size
+from mmengine.dist import all_gather_object, all_reduce, get_world_size
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from ovkit.engine.skips import SKIP_KEY
 
 __all__ = ['PaddlePreciseBNHook', 'update_bn_stats']
 
@@ -104,7 +107,17 @@ class PaddlePreciseBNHook(Hook):
         was_training = model.training
         model.train()
 
+        drawn, skipped = [0], []
+
         def forward(data):
+            # This loop reads the training loader outside the train loop, so the records of
+            # samples that failed to load (ovkit.engine.skips: replaced by others) are taken
+            # out and counted here, not by SkipBadSamplesHook.
+            records = data.pop(SKIP_KEY, None) if isinstance(data, dict) else None
+            if records is not None:
+                items = [r for recs in records for r in recs.split('\n') if r]
+                drawn[0] += len(records) + len(items)
+                skipped.extend(items)
             data = model.data_preprocessor(data, training=self.with_mixup)
             model(**data, mode='tensor')
 
@@ -112,4 +125,19 @@ class PaddlePreciseBNHook(Hook):
                   logger='current')
         updated = update_bn_stats(model, iter(loader), num_iters, forward)
         print_log(f'precise BN: updated {updated} BatchNorm layers', logger='current')
+        self._report_skips(drawn[0], skipped)
         model.train(was_training)
+
+    @staticmethod
+    def _report_skips(drawn, skipped):
+        """Warn (rank 0, summed over ranks) about the samples that failed to load in this pass;
+        returns ``(skipped, drawn)`` over all ranks."""
+        local = (drawn, skipped)
+        parts = all_gather_object(local) if get_world_size() > 1 else [local]
+        total = sum(p[0] for p in parts)
+        names = [n for p in parts for n in p[1]]
+        if names:
+            print_log(f'precise BN: {len(names)} of {total} samples failed to load and were '
+                      f'replaced by others: {"; ".join(list(dict.fromkeys(names))[:5])}',
+                      logger='current', level=logging.WARNING)
+        return len(names), total

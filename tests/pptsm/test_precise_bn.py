@@ -113,3 +113,38 @@ def test_two_processes_equal_one_process(tmp_path):
         if 'running' in key:
             assert torch.equal(ranks[0][key], ranks[1][key]), key  # same on every rank
             assert torch.allclose(ranks[0][key], value, rtol=1e-5, atol=1e-6), key
+
+
+def test_samples_that_failed_to_load_are_taken_out_and_counted(monkeypatch):
+    """The pass reads the training loader outside the train loop: the skip records that
+    ovkit.engine.skips attaches to a batch (replaced samples) are removed before the model sees
+    the batch, then counted and named in one warning."""
+    from ovkit.engine.skips import SKIP_KEY
+    from ovkit.pptsm import precise_bn
+
+    seen = []
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = make_model()
+
+        def data_preprocessor(self, data, training):
+            seen.append(sorted(data))
+            return dict(inputs=torch.stack(data['inputs']))
+
+        def forward(self, inputs, mode):
+            return self.body(inputs)
+
+    records = ['', 'a.avi (ValueError: bad)', 'b.avi (x)\na.avi (ValueError: bad)']
+    batches = [dict(inputs=list(b), **{SKIP_KEY: [''] * 5 + [recs]})
+               for b, recs in zip(make_batches(3, 0), records)]
+    logs = []
+    monkeypatch.setattr(precise_bn, 'print_log', lambda msg, **kw: logs.append(msg))
+    hook = PaddlePreciseBNHook(num_iters=3, interval=1)
+    runner = SimpleNamespace(model=Net(), train_dataloader=batches, epoch=0, max_epochs=1)
+    hook.after_train_epoch(runner)
+    assert seen == [['inputs']] * 3
+    # 18 samples reached the model, 3 failed (and were replaced): 21 drawn
+    assert 'precise BN: 3 of 21 samples failed to load and were replaced by others: a.avi ' \
+        '(ValueError: bad); b.avi (x)' in logs
