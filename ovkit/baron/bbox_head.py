@@ -424,6 +424,16 @@ class BaronBBoxHead(BBoxHead):
         region = self.encode_words(words, self.words_valid_mask(words))
         return self.cls_logits(region), bbox_pred
 
+    def region_cosines(self, x: Tensor) -> Tensor:
+        """RoI features -> cosine of this head's region embedding with each class embedding
+        (the extra test classes, then the background last), [N, columns]: the classification
+        before temperature and bias. Analysis tools read this rather than ``forward``, whose
+        scores an ensemble head has already turned into combined probabilities."""
+        logits, _ = BaronBBoxHead.forward(self, x)  # this head's own logits, never ensembled
+        if self.training and self.cls_bias is not None:
+            logits = logits - self.cls_bias.float()
+        return logits / (self.cls_temp if self.training else self.test_cls_temp)
+
     # ------------------------------------------------------------------ loss / predict
     def loss(self, cls_score: Tensor, bbox_pred: Tensor, rois: Tensor, labels: Tensor,
              label_weights: Tensor, bbox_targets: Tensor, bbox_weights: Tensor,

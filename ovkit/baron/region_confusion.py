@@ -5,11 +5,12 @@ validation set: the classification alone, apart from proposals, box regression a
 
 For each ground-truth box: the argmax over the classes + background of the head's scores on
 that box. For ``--bg-per-image`` random square windows per image that overlap no ground-truth
-box: the same argmax, and the mean cosine (logit / test temperature) of those windows with
-each class embedding and the background embedding. On shapes this separates the two ways a
-novel class fails: its own boxes named as another class, or background named as it (which
-fills the detections with high-scoring false positives even when every novel box is named
-right). Run from the directory the config's relative paths are written for.
+box: the same argmax, and the mean cosine of those windows' region embeddings with each class
+embedding and the background embedding (``region_cosines``: the box head's own embedding, also
+for an ensemble head, whose scores are combined probabilities). On shapes this separates the
+two ways a novel class fails: its own boxes named as another class, or background named as it
+(which fills the detections with high-scoring false positives even when every novel box is
+named right). Run from the directory the config's relative paths are written for.
 """
 import argparse
 import json
@@ -81,14 +82,15 @@ def region_confusion(config: str, checkpoint: str, num_images: int = 40,
         boxes = boxes * boxes.new_tensor([sx, sy, sx, sy])
         rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], 1).to(device)
         with torch.no_grad():
-            scores = model.roi_head._bbox_forward(model.extract_feat(batch['inputs']),
-                                                  rois)['cls_score'][:, :len(classes)]
+            out = model.roi_head._bbox_forward(model.extract_feat(batch['inputs']), rois)
+            scores = out['cls_score'][:, :len(classes)]  # what prediction ranks
+            cosines = head.region_cosines(out['bbox_feats'])[:, :len(classes)]
         pred = scores.argmax(1).tolist()
         for a, p in zip(anns, pred):
             gt[(cat_name[a['category_id']], classes[p])] += 1
         for i in range(len(gts), len(pred)):
             bg[classes[pred[i]]] += 1
-            bg_cos.append((scores[i] / head.test_cls_temp).cpu().numpy())
+            bg_cos.append(cosines[i].cpu().numpy())
     cos = np.mean(bg_cos, 0).tolist() if bg_cos else []
     return dict(classes=classes, gt=dict(gt), bg=dict(bg), bg_mean_cos=cos)
 

@@ -581,6 +581,33 @@ def test_ensemble_scores_by_hand(clip, emb_file):
     assert head(x)[0].shape == (5, 7)
 
 
+def test_region_cosines_are_the_heads_own_cosines(clip, emb_file):
+    """region_cosines (what tools/analysis/baron_region_confusion.py reports): cosine of the
+    head's own region embedding with each class and the background, by hand; for an ensemble
+    head the main branch's, not its combined probabilities."""
+    torch.manual_seed(2)
+    x = rois_input(4)
+    plain = make_head(clip, emb_file, bg_embedding='learn', test_cls_temp=30.0).eval()
+    ens = _ens_head(clip, emb_file, novel_class_ids=[1], bg_embedding='learn').eval()
+    ens.init_weights()
+    classes = np.load(emb_file)
+    for head in (plain, ens):
+        with torch.no_grad():
+            cos = head.region_cosines(x)
+            region = head.encode_words(head._forward_branches(x)[0].view(4, 3, DIM))
+        bg = head.class_embeddings_with_bg()[-1].detach().numpy()
+        np.testing.assert_allclose(cos.numpy(), np_logits(region, classes, bg, 1.0),
+                                   rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.region_cosines(x), plain(x)[0] / 30.0)
+        assert not torch.allclose(ens.region_cosines(x), ens(x)[0])  # probabilities there
+    # training: the same cosines without the temperature (and a sigmoid head's bias)
+    sig = make_head(clip, emb_file, cls_bias=-2.0,
+                    loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True)).train()
+    with torch.no_grad():
+        torch.testing.assert_close(sig.region_cosines(x), (sig(x)[0] + 2.0) / sig.cls_temp)
+
+
 def test_ensemble_head_errors(clip, emb_file):
     with pytest.raises(ValueError, match='ensemble_factor=0.5'):
         _ens_head(clip, emb_file, ensemble_factor=0.5)
