@@ -1,5 +1,6 @@
 import os
 import os.path as osp
+import signal
 import subprocess
 import sys
 
@@ -9,12 +10,20 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def run_cmd(cmd, cwd, timeout=900, env=None):
-    """Run a command the way a user would; fail with its output when it fails."""
+    """Run a command the way a user would; fail with its output when it fails. On a timeout
+    its whole process group is killed (launchers start workers that would outlive it)."""
     full_env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED='1')
     full_env.update(env or {})
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
-    out = proc.stdout + proc.stderr
+    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f'command timed out after {timeout} s: {" ".join(map(str, cmd))}\n'
+                    f'{(stdout + stderr)[-6000:]}')
+    out = stdout + stderr
     if proc.returncode != 0:
         pytest.fail(f'command failed ({proc.returncode}): {" ".join(map(str, cmd))}\n{out[-6000:]}')
     return out

@@ -14,11 +14,14 @@ VENV=${VENV:-.venv}
 export PYTHON=${PYTHON:-$VENV/bin/python}
 export NPROC=${NPROC:-2}
 WS=${WS:-$ROOT}
+# One thread per process: threads fighting over 2 busy cores cost far more than they give.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # NPROC processes need NPROC GPUs; with fewer, the demo runs on CPU processes (gloo).
 if [ "$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')" -lt "$NPROC" ]; then
   export CUDA_VISIBLE_DEVICES=
 fi
 mkdir -p "$WS/work_dirs"
+WS=$(cd "$WS" && pwd)  # absolute: demo_baron.sh gets a folder inside it
 cd "$WS"
 "$PYTHON" "$ROOT/tools/data/make_shapes.py" --out data/shapes
 
@@ -40,8 +43,9 @@ run() {  # run CONFIG NAME
 
 log=work_dirs/demo_faster_rcnn_tiny.log
 echo "== tiny Faster R-CNN: trained and tested beside BARON's part (log: $WS/$log)"
-# a process group of its own, so that a failing BARON part stops it too
-ROOT=$ROOT WS=$WS setsid -w nice -n 19 bash -c \
+# a process group of its own, so that a failing BARON part stops it too; a free port of its
+# own (a PORT set for BARON's runs would collide with it)
+ROOT=$ROOT WS=$WS setsid -w nice -n 19 env -u PORT bash -c \
   "$(declare -f run); run configs/shapes/faster_rcnn_tiny_demo.py faster_rcnn_tiny" > "$log" 2>&1 &
 frcnn=$!
 trap 'kill -- -$frcnn 2>/dev/null || kill $frcnn 2>/dev/null || true' EXIT

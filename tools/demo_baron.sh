@@ -6,7 +6,8 @@
 #   3. BARON (configs/baron/shapes.py) and the ablation without the bag and single-region losses
 #      (configs/baron/baron-nokd_r18-fpn_tiny_shapes.py), both trained on base-class boxes only
 #      with tools/dist_train.sh on NPROC processes; AP50 from the evaluation at the end of
-#      training (the config's test set and evaluator: what tools/test.py would print)
+#      training (the config's test set and evaluator, as tools/test.py; on NPROC processes other
+#      images share a batch, so the figures differ slightly from tools/test.py's, docs/baron.md)
 #   4. novel / base AP50 of both, and tools/ov_infer.py drawing a novel class (star)
 # Runs in $WS (default work_dirs/demo_baron), since the configs name their files relative to
 # the working directory. CFG_OPTIONS="k=v ..." is passed to both trainings (a quick smoke run:
@@ -46,7 +47,9 @@ run() {  # run NAME CONFIG
     || { tail -40 "$work.train.log"; exit 1; }
   # The training's evaluation after its last iteration: the config's val set and evaluator,
   # which are its test set and evaluator, on the weights of the last checkpoint; so this is
-  # what `tools/test.py CONFIG $(cat $work/last_checkpoint)` prints, without a second run.
+  # what `tools/test.py CONFIG $(cat $work/last_checkpoint)` measures, without a second run
+  # (up to batching: NPROC processes put other images in a batch, and batched convolutions
+  # round differently; seed 0: 37.1 / 98.9 here, 36.4 / 99.0 from tools/test.py).
   local line
   line=$(grep -E "Iter\(val\)" "$work.train.log" | tail -1)
   [ -n "$line" ] || { echo "no evaluation in $work.train.log" >&2; exit 1; }

@@ -340,7 +340,8 @@ class BaronBBoxHead(BBoxHead):
     def set_class_embeddings(self, embeddings: Tensor) -> None:
         """Swap the vocabulary, e.g. for open-vocabulary testing with new class names
         (``ovkit.clip.build_class_embeddings``). Changing the class count needs class-agnostic
-        regression; ``class_weight`` (a training option) is dropped if its size no longer fits."""
+        regression. ``class_weight`` (a training option, and an ensemble head's novel split)
+        belonged to the old vocabulary and is dropped, also when the count stays the same."""
         if embeddings.dim() != 2 or embeddings.shape[1] != self.cls_embeddings.shape[1]:
             raise ValueError(f'class embeddings must be [num_classes, '
                              f'{self.cls_embeddings.shape[1]}], got {tuple(embeddings.shape)}.')
@@ -351,8 +352,7 @@ class BaronBBoxHead(BBoxHead):
         self.cls_embeddings = F.normalize(embeddings.detach().float(), dim=-1).to(
             self.cls_embeddings.device)
         self.extra_test_embeddings = None  # they belonged to the old vocabulary
-        if self.class_weight is not None and self.class_weight.numel() != num + 1:
-            self.class_weight = None
+        self.class_weight = None
         self.num_classes = num
 
     # ------------------------------------------------------------------ pieces reused by bags
@@ -428,7 +428,8 @@ class BaronBBoxHead(BBoxHead):
         """RoI features -> cosine of this head's region embedding with each class embedding
         (the extra test classes, then the background last), [N, columns]: the classification
         before temperature and bias. Analysis tools read this rather than ``forward``, whose
-        scores an ensemble head has already turned into combined probabilities."""
+        scores an ensemble head has already turned into combined probabilities. (In training
+        mode the words are dropped at ``words_drop_ratio``, as in ``forward``.)"""
         logits, _ = BaronBBoxHead.forward(self, x)  # this head's own logits, never ensembled
         if self.training and self.cls_bias is not None:
             logits = logits - self.cls_bias.float()
@@ -612,6 +613,11 @@ class EnsembleBaronConvFCBBoxHead(BaronConvFCBBoxHead):
             raise ValueError(f'kd_head has num_words={self.kd_head.num_words}, word_dim='
                              f'{self.kd_head.word_dim}; both heads must give the same pseudo '
                              f'words ({self.num_words} x {self.word_dim}).')
+        if self.kd_head.text_layer != self.text_layer:  # its words are encoded by this head
+            raise ValueError(f'kd_head has text_layer={self.kd_head.text_layer} (or '
+                             f'use_attn12_output) but this head {self.text_layer}; the KD '
+                             'branch\'s words are encoded with this head\'s text layer, so set '
+                             'it here (or leave it unset in kd_head).')
         self.ensemble_factor = float(ensemble_factor)
 
     def set_clip(self, clip) -> None:

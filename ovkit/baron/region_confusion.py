@@ -51,6 +51,8 @@ def region_confusion(config: str, checkpoint: str, num_images: int = 40,
     model = init_detector(cfg, checkpoint, device=device)
     head = model.roi_head.bbox_head
     classes = list(model.dataset_meta['classes']) + ['background']
+    # the reported classes and the background, which comes last (after any extra test classes)
+    cols = list(range(len(classes) - 1)) + [-1]
     pipeline = Compose(get_test_pipeline_cfg(cfg))
     ann = json.load(open(ann_file))
     cat_name = {c['id']: c['name'] for c in ann['categories']}
@@ -83,8 +85,8 @@ def region_confusion(config: str, checkpoint: str, num_images: int = 40,
         rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], 1).to(device)
         with torch.no_grad():
             out = model.roi_head._bbox_forward(model.extract_feat(batch['inputs']), rois)
-            scores = out['cls_score'][:, :len(classes)]  # what prediction ranks
-            cosines = head.region_cosines(out['bbox_feats'])[:, :len(classes)]
+            scores = out['cls_score'][:, cols]  # what prediction ranks
+            cosines = head.region_cosines(out['bbox_feats'])[:, cols]
         pred = scores.argmax(1).tolist()
         for a, p in zip(anns, pred):
             gt[(cat_name[a['category_id']], classes[p])] += 1

@@ -21,7 +21,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ovkit.engine.skips import SKIP_KEY
+from ovkit.engine.skips import SKIP_KEY, _split
 
 __all__ = ['PaddlePreciseBNHook', 'update_bn_stats']
 
@@ -115,7 +115,7 @@ class PaddlePreciseBNHook(Hook):
             # out and counted here, not by SkipBadSamplesHook.
             records = data.pop(SKIP_KEY, None) if isinstance(data, dict) else None
             if records is not None:
-                items = [r for recs in records for r in recs.split('\n') if r]
+                items = [r for recs in records for r in _split(recs)]
                 drawn[0] += len(records) + len(items)
                 skipped.extend(items)
             data = model.data_preprocessor(data, training=self.with_mixup)

@@ -574,6 +574,8 @@ def test_ensemble_scores_by_hand(clip, emb_file):
     torch.testing.assert_close(raw.scores, scores)
     # no split known (a run-time vocabulary): every class is base; extra test classes are novel
     assert head.novel_mask(NUM_CLASSES + 1).tolist() == novel.tolist()
+    head.set_class_embeddings(torch.randn(NUM_CLASSES, DIM))  # same size, still a new split
+    assert head.class_weight is None and not head.novel_mask(NUM_CLASSES + 1).any()
     head.set_class_embeddings(torch.randn(4, DIM))
     assert not head.novel_mask(5).any()
     head.extra_test_embeddings = torch.randn(2, DIM)
@@ -600,7 +602,9 @@ def test_region_cosines_are_the_heads_own_cosines(clip, emb_file):
                                    rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(plain.region_cosines(x), plain(x)[0] / 30.0)
-        assert not torch.allclose(ens.region_cosines(x), ens(x)[0])  # probabilities there
+        kd = ens.encode_words(ens.kd_head.rois_to_words(x))  # the other branch: not these
+    assert not np.allclose(ens.region_cosines(x).detach().numpy(), np_logits(
+        kd, classes, ens.class_embeddings_with_bg()[-1].detach().numpy(), 1.0), atol=1e-3)
     # training: the same cosines without the temperature (and a sigmoid head's bias)
     sig = make_head(clip, emb_file, cls_bias=-2.0,
                     loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True)).train()
@@ -614,6 +618,11 @@ def test_ensemble_head_errors(clip, emb_file):
     kd = dict(type='BaronShared2FCBBoxHead', in_channels=IN_CH, roi_feat_size=7,
               fc_out_channels=32, num_words=2)
     with pytest.raises(ValueError, match='num_words=2'):
+        make_head(clip, emb_file, type='EnsembleBaronShared2FCBBoxHead', kd_head=kd,
+                  fc_out_channels=32)
+    kd = dict(type='BaronShared2FCBBoxHead', in_channels=IN_CH, roi_feat_size=7,
+              fc_out_channels=32, text_layer=1)
+    with pytest.raises(ValueError, match='kd_head has text_layer=1 .* but this head None'):
         make_head(clip, emb_file, type='EnsembleBaronShared2FCBBoxHead', kd_head=kd,
                   fc_out_channels=32)
     kd = dict(type='Shared2FCBBoxHead', in_channels=IN_CH, roi_feat_size=7, num_classes=5)
