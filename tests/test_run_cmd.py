@@ -1,0 +1,41 @@
+"""tests/conftest.py::run_cmd, the helper every end-to-end test launches commands with: on a
+timeout it fails the test and kills the command's whole process group, so launcher workers do
+not outlive it (and hold its pipes open)."""
+import os
+import time
+
+import pytest
+
+from tests.conftest import run_cmd
+
+
+def _alive(pid):
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            state = next(line for line in f if line.startswith('State:'))
+    except FileNotFoundError:
+        return False
+    return 'Z' not in state.split()[1]  # a zombie is dead, only not yet reaped
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / 'pid'
+    t0 = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match='timed out after 1 s'):
+        run_cmd(['bash', '-c', f'sleep 60 & echo $! > {pidfile}; wait'], cwd=tmp_path,
+                timeout=1)
+    assert time.monotonic() - t0 < 30  # the pipes did not keep it waiting for the child
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        pytest.fail(f'the background child {pid} outlived the timeout')
+
+
+def test_failure_reports_the_output(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match=r'command failed \(3\).*\n.*boom'):
+        run_cmd(['bash', '-c', 'echo boom; exit 3'], cwd=tmp_path)
+    assert run_cmd(['bash', '-c', 'echo ok'], cwd=tmp_path) == 'ok\n'
