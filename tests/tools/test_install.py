@@ -77,3 +77,35 @@ def test_wheel_ships_metadata_and_resolver_finds_it(tmp_path):
     init, count, templates = proc.stdout.split()
     assert init.startswith(str(site)) and templates.startswith(str(site))  # not the checkout
     assert count == '65'
+
+
+def test_disk_check_names_the_folder_and_the_need(tmp_path):
+    """The install's early disk check: passes with room, fails clearly without (a new venv's
+    folder does not exist yet, so its nearest existing parent is measured)."""
+    import shutil
+    script = osp.join(REPO, 'tools', 'install', 'check_disk.py')
+    venv = tmp_path / 'not' / 'yet' / '.venv'
+    ok = subprocess.run([sys.executable, script, str(venv), '0.001'], capture_output=True,
+                        text=True)
+    assert ok.returncode == 0 and ok.stderr == ''
+    free = shutil.disk_usage(tmp_path).free / 2**30
+    need = free * 2 + 1  # more than this filesystem has
+    bad = subprocess.run([sys.executable, script, str(venv), str(need), 'the test install'],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert 'not enough disk space for the test install' in bad.stderr
+    assert str(tmp_path) in bad.stderr and f'{need:g} GiB needed' in bad.stderr
+    # the free figure printed is this filesystem's (to 0.1 GiB, other writers aside)
+    printed = float(bad.stderr.split(': ')[1].split(' GiB free')[0])
+    assert abs(printed - free) < 0.5
+
+
+def test_install_stops_on_a_full_disk_before_creating_anything(tmp_path):
+    # OVKIT_NEED_GIB stands in for a full disk: more than any filesystem here has free.
+    venv = tmp_path / 'venv'
+    proc = subprocess.run(['bash', osp.join(REPO, 'tools', 'install', 'install.sh')],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, VENV=str(venv), OVKIT_NEED_GIB='1e9'))
+    assert proc.returncode == 1
+    assert f'not enough disk space for the ovkit install into {venv}' in proc.stderr
+    assert not venv.exists()  # nothing was created or copied

@@ -6,6 +6,7 @@
 #   VENV=.venv          target environment (an existing env with a CUDA torch is respected)
 #   SYSTEM_SITE=1       create the venv with --system-site-packages (reuse a system torch)
 #   FORCE_CUDA=1        build mmcv's CUDA ops too (needs nvcc matching torch's CUDA)
+#   OVKIT_NEED_GIB=N    free disk (GiB) required before starting (default 8, or 2 with torch present)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -13,6 +14,14 @@ VENV=${VENV:-.venv}
 if [ -z "${PYTHON:-}" ]; then
   PYTHON=$(command -v python3.11 || command -v python3)
 fi
+
+# Fail early and clearly on a full disk (pip's own error comes after minutes of copying).
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" tools/install/check_torch.py >/dev/null 2>&1
+then NEED_GIB=2  # torch is there: mmcv, OpenMMLab and the rest
+else NEED_GIB=8  # the torch/torchvision pair alone is about 5.6 GB
+fi
+"$PYTHON" tools/install/check_disk.py "$VENV" "${OVKIT_NEED_GIB:-$NEED_GIB}" \
+  "the ovkit install into $VENV"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[ovkit] creating $VENV with $PYTHON"
