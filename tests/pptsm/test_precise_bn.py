@@ -80,8 +80,11 @@ def _worker(rank, world, port, batches, out_dir):
     model = make_model().train()
     mine = batches[rank::world]
     update_bn_stats(model, iter(mine), len(mine), model)
-    torch.save({k: v for k, v in model.state_dict().items() if 'running' in k},
-               os.path.join(out_dir, f'rank{rank}.pth'))
+    state = {k: v for k, v in model.state_dict().items() if 'running' in k}
+    # the skip report: rank r drew 10 + r samples, r + 1 of which failed to load
+    state['skips'] = PaddlePreciseBNHook._report_skips(
+        10 + rank, [f'r{rank}_{i}.avi' for i in range(rank + 1)])
+    torch.save(state, os.path.join(out_dir, f'rank{rank}.pth'))
     torch.distributed.destroy_process_group()
 
 
@@ -92,6 +95,7 @@ def _free_port():
 
 
 def test_two_processes_equal_one_process(tmp_path):
+    """Statistics and the skip report of two ranks are those of one process over all."""
     batches = make_batches(6, seed=3)
     single = make_model().train()
     update_bn_stats(single, iter(batches), 6, single)
@@ -109,6 +113,8 @@ def test_two_processes_equal_one_process(tmp_path):
             p.kill()
     assert [p.exitcode for p in procs] == [0, 0]
     ranks = [torch.load(tmp_path / f'rank{rank}.pth') for rank in range(2)]
+    # every rank reports the sums over ranks: 1 + 2 failed of 10 + 11 drawn
+    assert ranks[0]['skips'] == ranks[1]['skips'] == (3, 21)
     for key, value in single.state_dict().items():
         if 'running' in key:
             assert torch.equal(ranks[0][key], ranks[1][key]), key  # same on every rank
