@@ -11,7 +11,9 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 def run_cmd(cmd, cwd, timeout=900, env=None):
     """Run a command the way a user would; fail with its output when it fails. On a timeout
-    its whole process group is killed (launchers start workers that would outlive it)."""
+    its whole process group is stopped (launchers start workers that would outlive it): first
+    SIGTERM, so that scripts' EXIT traps stop the process groups they started themselves
+    (tools/demo.sh does), then SIGKILL."""
     full_env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED='1')
     full_env.update(env or {})
     proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
@@ -19,7 +21,15 @@ def run_cmd(cmd, cwd, timeout=900, env=None):
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            stdout, stderr = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the whole group is gone already
         stdout, stderr = proc.communicate()
         pytest.fail(f'command timed out after {timeout} s: {" ".join(map(str, cmd))}\n'
                     f'{(stdout + stderr)[-6000:]}')

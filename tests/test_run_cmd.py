@@ -1,6 +1,7 @@
 """tests/conftest.py::run_cmd, the helper every end-to-end test launches commands with: on a
 timeout it fails the test and kills the command's whole process group, so launcher workers do
-not outlive it (and hold its pipes open)."""
+not outlive it (and hold its pipes open), after a SIGTERM that lets a script's EXIT trap stop
+the process groups it started itself."""
 import os
 import time
 
@@ -33,6 +34,25 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     else:
         os.kill(pid, 9)
         pytest.fail(f'the background child {pid} outlived the timeout')
+
+
+def test_timeout_lets_the_script_stop_its_own_process_groups(tmp_path):
+    # a child in a session of its own is out of reach of the group kill; the script's EXIT
+    # trap (run on SIGTERM) must stop it, as tools/demo.sh stops its two parts
+    pidfile = tmp_path / 'pid'
+    script = (f'setsid sleep 60 >/dev/null 2>&1 & echo $! > {pidfile}; '
+              'trap "kill $! 2>/dev/null" EXIT; '
+              'wait')
+    with pytest.raises(pytest.fail.Exception, match='timed out after 1 s'):
+        run_cmd(['bash', '-c', script], cwd=tmp_path, timeout=1)
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        pytest.fail(f'the child {pid} in its own session outlived the timeout')
 
 
 def test_failure_reports_the_output(tmp_path):

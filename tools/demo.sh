@@ -5,7 +5,8 @@
 #   4. BARON on shapes: novel-class AP50 against its ablation (tools/demo_baron.sh).
 # Steps 2-3 run beside step 4 at the lowest CPU priority: they take the cores BARON's part
 # leaves idle (its single-process steps: data, tests, start-up), so on 2 cores they add little
-# wall time. Their metrics print at the end.
+# wall time. Their metrics print at the end; if they fail, the demo stops at once with their log.
+# FRCNN_CFG_OPTIONS="k=v ..." is passed to the Faster R-CNN's training (CFG_OPTIONS to BARON's).
 # Runs in $WS (default: the repository root: data/shapes, work_dirs/demo_*).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +30,9 @@ run() {  # run CONFIG NAME
   set -euo pipefail
   local config=$ROOT/$1 work=work_dirs/demo_$2
   echo "== training $1 on $NPROC processes -> $work"
-  bash "$ROOT/tools/dist_train.sh" "$config" "$NPROC" --work-dir "$work"
+  # shellcheck disable=SC2086  # FRCNN_CFG_OPTIONS: one word per key=value
+  bash "$ROOT/tools/dist_train.sh" "$config" "$NPROC" --work-dir "$work" \
+    ${FRCNN_CFG_OPTIONS:+--cfg-options $FRCNN_CFG_OPTIONS}
   local ckpt
   ckpt=$(cat "$work/last_checkpoint")
   echo "== evaluating $ckpt"
@@ -43,17 +46,37 @@ run() {  # run CONFIG NAME
 
 log=work_dirs/demo_faster_rcnn_tiny.log
 echo "== tiny Faster R-CNN: trained and tested beside BARON's part (log: $WS/$log)"
-# a process group of its own, so that a failing BARON part stops it too; a free port of its
-# own (a PORT set for BARON's runs would collide with it)
-ROOT=$ROOT WS=$WS setsid -w nice -n 19 env -u PORT bash -c \
-  "$(declare -f run); run configs/shapes/faster_rcnn_tiny_demo.py faster_rcnn_tiny" > "$log" 2>&1 &
+# Both parts run in process groups of their own, so that either failing stops the other's
+# launcher and workers too (the EXIT trap); the Faster R-CNN also on a free port of its own (a
+# PORT set for BARON's runs would collide with it).
+ROOT=$ROOT WS=$WS setsid -w nice -n 19 env -u PORT FRCNN_CFG_OPTIONS="${FRCNN_CFG_OPTIONS:-}" \
+  bash -c "$(declare -f run); run configs/shapes/faster_rcnn_tiny_demo.py faster_rcnn_tiny" \
+  > "$log" 2>&1 &
 frcnn=$!
-trap 'kill -- -$frcnn 2>/dev/null || kill $frcnn 2>/dev/null || true' EXIT
+baron=
+stop() {  # each part's whole process group
+  local pid
+  for pid in $frcnn $baron; do kill -- -"$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true; done
+}
+trap stop EXIT
 # BARON: open-vocabulary detection, against its ablation (tools/demo_baron.sh, docs/baron.md)
-VENV=$VENV WS=$WS/work_dirs/demo_baron bash "$ROOT/tools/demo_baron.sh"
+VENV=$VENV WS=$WS/work_dirs/demo_baron setsid -w bash "$ROOT/tools/demo_baron.sh" &
+baron=$!
+
+frcnn_failed() {
+  echo "tiny Faster R-CNN failed (log: $WS/$log):" >&2; tail -40 "$log" >&2; exit 1
+}
+# Watch both: a failed Faster R-CNN stops the demo at once, not after BARON's ~8 minutes.
+frcnn_done=0
+while kill -0 "$baron" 2>/dev/null; do
+  if [ $frcnn_done = 0 ] && ! kill -0 "$frcnn" 2>/dev/null; then
+    wait "$frcnn" || frcnn_failed
+    frcnn_done=1
+  fi
+  sleep 2
+done
+wait "$baron"  # BARON's part has printed why it failed; set -e ends the demo
 echo
-if ! wait $frcnn; then
-  echo "tiny Faster R-CNN failed:" >&2; tail -40 "$log" >&2; exit 1
-fi
+if [ $frcnn_done = 0 ]; then wait "$frcnn" || frcnn_failed; fi
 trap - EXIT
 grep -A20 "^== metrics of" "$log"
