@@ -19,6 +19,16 @@ def _alive(pid):
     return 'Z' not in state.split()[1]  # a zombie is dead, only not yet reaped
 
 
+def _assert_ends(pid, what):
+    """Fail (and kill it) unless process ``pid`` is gone within 5 s."""
+    for _ in range(50):
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    pytest.fail(f'{what} ({pid}) outlived the timeout')
+
+
 def test_timeout_kills_the_whole_process_group(tmp_path):
     pidfile = tmp_path / 'pid'
     t0 = time.monotonic()
@@ -26,14 +36,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
         run_cmd(['bash', '-c', f'sleep 60 & echo $! > {pidfile}; wait'], cwd=tmp_path,
                 timeout=1)
     assert time.monotonic() - t0 < 30  # the pipes did not keep it waiting for the child
-    pid = int(pidfile.read_text())
-    for _ in range(50):
-        if not _alive(pid):
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        pytest.fail(f'the background child {pid} outlived the timeout')
+    _assert_ends(int(pidfile.read_text()), 'the background child')
 
 
 def test_timeout_lets_the_script_stop_its_own_process_groups(tmp_path):
@@ -45,14 +48,7 @@ def test_timeout_lets_the_script_stop_its_own_process_groups(tmp_path):
               'wait')
     with pytest.raises(pytest.fail.Exception, match='timed out after 1 s'):
         run_cmd(['bash', '-c', script], cwd=tmp_path, timeout=1)
-    pid = int(pidfile.read_text())
-    for _ in range(50):
-        if not _alive(pid):
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        pytest.fail(f'the child {pid} in its own session outlived the timeout')
+    _assert_ends(int(pidfile.read_text()), 'the child in its own session')
 
 
 def test_failure_reports_the_output(tmp_path):
