@@ -9,11 +9,17 @@ import pytest
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def run_cmd(cmd, cwd, timeout=900, env=None):
-    """Run a command the way a user would; fail with its output when it fails. On a timeout
-    its whole process group is stopped (launchers start workers that would outlive it): first
-    SIGTERM, so that scripts' EXIT traps stop the process groups they started themselves
-    (tools/demo.sh does), then SIGKILL."""
+# Seconds between run_cmd's SIGTERM and SIGKILL of a timed-out command's process group.
+TERM_GRACE_S = 15
+
+
+def run_cmd(cmd, cwd, timeout=900, env=None, returncode=0):
+    """Run a command the way a user would; return its stdout + stderr, or fail with them when
+    it does not exit with ``returncode``. On a timeout its whole process group is stopped
+    (launchers start workers that would outlive it): first SIGTERM, so that scripts' EXIT
+    traps stop the process groups they started themselves (tools/demo.sh does), then, after
+    ``TERM_GRACE_S``, SIGKILL. A ``timeout`` over pytest's own (900 s, pytest.ini) needs a
+    ``pytest.mark.timeout`` above it, or pytest's fires first and skips this cleanup."""
     full_env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED='1')
     full_env.update(env or {})
     proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
@@ -23,7 +29,7 @@ def run_cmd(cmd, cwd, timeout=900, env=None):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            stdout, stderr = proc.communicate(timeout=15)
+            proc.communicate(timeout=TERM_GRACE_S)
         except subprocess.TimeoutExpired:
             pass
         try:
@@ -34,8 +40,9 @@ def run_cmd(cmd, cwd, timeout=900, env=None):
         pytest.fail(f'command timed out after {timeout} s: {" ".join(map(str, cmd))}\n'
                     f'{(stdout + stderr)[-6000:]}')
     out = stdout + stderr
-    if proc.returncode != 0:
-        pytest.fail(f'command failed ({proc.returncode}): {" ".join(map(str, cmd))}\n{out[-6000:]}')
+    if proc.returncode != returncode:
+        pytest.fail(f'command failed ({proc.returncode}, expected {returncode}): '
+                    f'{" ".join(map(str, cmd))}\n{out[-6000:]}')
     return out
 
 

@@ -51,7 +51,24 @@ def test_timeout_lets_the_script_stop_its_own_process_groups(tmp_path):
     _assert_ends(int(pidfile.read_text()), 'the child in its own session')
 
 
+def test_a_group_that_ignores_sigterm_is_killed(tmp_path, monkeypatch):
+    # the SIGKILL after the grace period: here the script and its child ignore SIGTERM
+    from tests import conftest
+    monkeypatch.setattr(conftest, 'TERM_GRACE_S', 1)
+    pidfile = tmp_path / 'pid'
+    script = f"trap '' TERM; sleep 60 >/dev/null 2>&1 & echo $! > {pidfile}; wait"
+    t0 = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match='timed out after 1 s'):
+        run_cmd(['bash', '-c', script], cwd=tmp_path, timeout=1)
+    assert time.monotonic() - t0 < 30
+    _assert_ends(int(pidfile.read_text()), 'the child that ignores SIGTERM')
+
+
 def test_failure_reports_the_output(tmp_path):
-    with pytest.raises(pytest.fail.Exception, match=r'command failed \(3\).*\n.*boom'):
+    with pytest.raises(pytest.fail.Exception,
+                       match=r'command failed \(3, expected 0\).*\n.*boom'):
         run_cmd(['bash', '-c', 'echo boom; exit 3'], cwd=tmp_path)
+    assert run_cmd(['bash', '-c', 'echo boom; exit 3'], cwd=tmp_path, returncode=3) == 'boom\n'
+    with pytest.raises(pytest.fail.Exception, match=r'command failed \(0, expected 3\)'):
+        run_cmd(['bash', '-c', 'true'], cwd=tmp_path, returncode=3)
     assert run_cmd(['bash', '-c', 'echo ok'], cwd=tmp_path) == 'ok\n'

@@ -46,19 +46,23 @@ run() {  # run CONFIG NAME
 
 log=work_dirs/demo_faster_rcnn_tiny.log
 echo "== tiny Faster R-CNN: trained and tested beside BARON's part (log: $WS/$log)"
-# Both parts run in process groups of their own, so that either failing stops the other's
-# launcher and workers too (the EXIT trap); the Faster R-CNN also on a free port of its own (a
-# PORT set for BARON's runs would collide with it).
+# Both parts run in process groups of their own, so that either failing (or Ctrl-C) stops the
+# other's launcher and workers too (the EXIT trap); the Faster R-CNN also on a free port of its
+# own (a PORT set for BARON's runs would collide with it).
+frcnn= baron=
+stop() {  # each part's whole process group; torchrun gives its workers up to 30 s to end
+  local pid i
+  for pid in $frcnn $baron; do kill -- -"$pid" 2>/dev/null || true; done
+  for pid in $frcnn $baron; do
+    for ((i = 0; i < 35; i++)); do kill -0 -- -"$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- -"$pid" 2>/dev/null || true
+  done
+}
+trap stop EXIT
 ROOT=$ROOT WS=$WS setsid -w nice -n 19 env -u PORT FRCNN_CFG_OPTIONS="${FRCNN_CFG_OPTIONS:-}" \
   bash -c "$(declare -f run); run configs/shapes/faster_rcnn_tiny_demo.py faster_rcnn_tiny" \
   > "$log" 2>&1 &
 frcnn=$!
-baron=
-stop() {  # each part's whole process group
-  local pid
-  for pid in $frcnn $baron; do kill -- -"$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true; done
-}
-trap stop EXIT
 # BARON: open-vocabulary detection, against its ablation (tools/demo_baron.sh, docs/baron.md)
 VENV=$VENV WS=$WS/work_dirs/demo_baron setsid -w bash "$ROOT/tools/demo_baron.sh" &
 baron=$!
@@ -66,7 +70,8 @@ baron=$!
 frcnn_failed() {
   echo "tiny Faster R-CNN failed (log: $WS/$log):" >&2; tail -40 "$log" >&2; exit 1
 }
-# Watch both: a failed Faster R-CNN stops the demo at once, not after BARON's ~8 minutes.
+# Watch both: a failed Faster R-CNN stops the demo at once, not after BARON's ~8 minutes. (If
+# both fail within one poll, BARON's failure is the one reported.)
 frcnn_done=0
 while kill -0 "$baron" 2>/dev/null; do
   if [ $frcnn_done = 0 ] && ! kill -0 "$frcnn" 2>/dev/null; then

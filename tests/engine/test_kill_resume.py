@@ -74,6 +74,7 @@ def test_killed_at_three_iterations_resumes_bit_identical(tmp_path, nproc):
     assert not differ, f'{len(differ)} of {len(a)} tensors differ after resume'
 
 
+@pytest.mark.timeout(1900)  # above the command's own 1800 s
 def test_stress_script_quick_on_shapes(shapes_workspace):
     """tools/analysis/stress_resume.py --quick: the shapes detector (AspectRatioBatchSampler,
     mmdet's RandomSampler, RandomFlip) killed at a random moment in 2 processes, resumed."""
