@@ -98,6 +98,9 @@ def test_disk_check_names_the_folder_and_the_need(tmp_path):
     # the free figure printed is this filesystem's (to 0.1 GiB, other writers aside)
     printed = float(bad.stderr.split(': ')[1].split(' GiB free')[0])
     assert abs(printed - free) < 0.5
+    typo = subprocess.run([sys.executable, script, str(venv), '8G'], capture_output=True,
+                          text=True)
+    assert typo.returncode == 2 and "number of GiB (OVKIT_NEED_GIB), got '8G'" in typo.stderr
 
 
 def test_install_stops_on_a_full_disk_before_creating_anything(tmp_path):

@@ -15,7 +15,13 @@ def main(argv):
     if len(argv) not in (2, 3):
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    path, need = argv[0], float(argv[1])
+    path = argv[0]
+    try:
+        need = float(argv[1])
+    except ValueError:
+        print(f'[ovkit] the disk space needed must be a number of GiB (OVKIT_NEED_GIB), got '
+              f'{argv[1]!r}', file=sys.stderr)
+        return 2
     what = argv[2] if len(argv) == 3 else 'this install'
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
@@ -24,7 +30,8 @@ def main(argv):
     if free < need:
         print(f'[ovkit] not enough disk space for {what}: {free:.1f} GiB free on the filesystem '
               f'of {probe}, {need:g} GiB needed. Free some space there, or set VENV to a '
-              'folder on a larger disk.', file=sys.stderr)
+              'folder on a larger disk (OVKIT_NEED_GIB=N sets the need, if you know better).',
+              file=sys.stderr)
         return 1
     return 0
 

@@ -16,7 +16,9 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 
 # Fail early and clearly on a full disk (pip's own error comes after minutes of copying).
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" tools/install/check_torch.py >/dev/null 2>&1
+TORCH_FROM=$VENV/bin/python
+[ "${SYSTEM_SITE:-0}" = 1 ] && [ ! -x "$TORCH_FROM" ] && TORCH_FROM=$PYTHON  # the venv will see it
+if [ -x "$TORCH_FROM" ] && "$TORCH_FROM" tools/install/check_torch.py >/dev/null 2>&1
 then NEED_GIB=2  # torch is there: mmcv, OpenMMLab and the rest
 else NEED_GIB=8  # the torch/torchvision pair alone is about 5.6 GB
 fi
