@@ -53,3 +53,19 @@ def test_bad_flags_fail_clearly(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_gradients_are_compared_in_l2_norm():
+    """Rounding that moves a single element (a pixel under a RoI edge) passes the default
+    tolerance; a gradient that is wrong everywhere by 1% does not."""
+    from tools.analysis.benchmark_baron import compare
+    g = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    one_pixel = g.clone()
+    one_pixel[int(g.abs().argmax())] *= 1 + 3e-3  # 3e-3 of the largest element
+    result = lambda grad: (0.0, dict(loss=1.0), dict(x=grad))  # noqa: E731
+    err, rel = compare(result(one_pixel), result(g))['grad x']
+    assert err == pytest.approx(3e-3 * float(g.abs().max()), rel=1e-3)
+    assert rel == pytest.approx(err / float(g.norm()), rel=1e-3) and rel < 2e-3
+    _, rel = compare(result(g * 1.01), result(g))['grad x']
+    assert rel == pytest.approx(0.01, rel=1e-4)
+    assert compare(result(torch.zeros(0)), result(torch.zeros(0)))['grad x'] == (0.0, 0.0)
