@@ -2,6 +2,7 @@
 and how the tools print them (one line, once)."""
 import copy
 import os.path as osp
+import uuid
 
 import numpy as np
 import pytest
@@ -65,6 +66,9 @@ class _Ones(BaseDataset):
 
 
 def _toy_runner(tmp_path, nan_from, hooks):
+    # A unique experiment name: mmengine names the Runner's logger and Visualizer singletons by
+    # it (the timestamp by default), so a Runner made in the same second as the previous test's
+    # would write into that test's folder.
     return Runner(
         model=_Toy(nan_from), work_dir=str(tmp_path),
         train_dataloader=dict(dataset=_Ones(), batch_size=2, num_workers=0,
@@ -74,7 +78,8 @@ def _toy_runner(tmp_path, nan_from, hooks):
         train_cfg=dict(by_epoch=False, max_iters=6),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False),
                            logger=dict(type='LoggerHook', interval=1)),
-        custom_hooks=hooks, default_scope='mmengine')
+        custom_hooks=hooks, default_scope='mmengine',
+        experiment_name=f'guards_{uuid.uuid4().hex[:8]}')
 
 
 def test_nan_loss_stops_training_naming_iteration_and_term(tmp_path):
@@ -202,3 +207,18 @@ def test_tools_test_refuses_another_model_in_the_runner(detectors, shapes_worksp
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: checkpoint '{tmp_path / 'other.pth'}' does not fit the "
                               'model of this config: 4 have another shape')
+
+
+def test_toy_runners_of_one_second_keep_their_own_folders(tmp_path, monkeypatch):
+    # Two Runners made in one second (as consecutive tests can be) must not share mmengine's
+    # Visualizer: its name is the timestamp by default, and the second Runner would get the
+    # first one's and write its scalars into that folder. The clock is frozen to make it so.
+    import time
+    monkeypatch.setattr(time, 'time', lambda: 1.7e9)
+    first = _toy_runner(tmp_path / 'a', nan_from=100, hooks=[])
+    second = _toy_runner(tmp_path / 'b', nan_from=100, hooks=[])
+    monkeypatch.undo()
+    assert first.timestamp == second.timestamp
+    assert first.visualizer is not second.visualizer
+    save_dir = second.visualizer._vis_backends['LocalVisBackend']._save_dir
+    assert save_dir.startswith(str(tmp_path / 'b'))

@@ -1,6 +1,7 @@
 """predict.py against mmengine's Runner on configs whose data_preprocessor is top-level (the
 ImageNet ones), and its errors: unreadable images, checkpoints of another class count."""
 import os.path as osp
+import uuid
 
 import numpy as np
 import pytest
@@ -80,6 +81,7 @@ def test_predict_scores_equal_runner_test_loop(base, imagenet, tmp_path):
     ckpt = synthetic_checkpoint(cfg, tmp_path / 'tiny.pth')
 
     cfg.work_dir = str(tmp_path / 'work')
+    cfg.experiment_name = f'predict_{uuid.uuid4().hex[:8]}'  # not a same-second peer's logger
     cfg.load_from = ckpt
     cfg.test_evaluator = [dict(type='DumpResults', out_file_path=str(tmp_path / 'dump.pkl'))]
     Runner.from_cfg(cfg).test()
