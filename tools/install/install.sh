@@ -18,9 +18,12 @@ fi
 # Fail early and clearly on a full disk (pip's own error comes after minutes of copying).
 TORCH_FROM=$VENV/bin/python
 [ "${SYSTEM_SITE:-0}" = 1 ] && [ ! -x "$TORCH_FROM" ] && TORCH_FROM=$PYTHON  # the venv will see it
-if [ -x "$TORCH_FROM" ] && "$TORCH_FROM" tools/install/check_torch.py >/dev/null 2>&1
-then NEED_GIB=2  # torch is there: mmcv, OpenMMLab and the rest
-else NEED_GIB=8  # the torch/torchvision pair alone is about 5.6 GB
+TORCH_OK=0  # the venv's own torch passed the check (importing torch takes seconds: once)
+if [ -x "$TORCH_FROM" ] && "$TORCH_FROM" tools/install/check_torch.py >/dev/null 2>&1; then
+  NEED_GIB=2  # torch is there: mmcv, OpenMMLab and the rest
+  [ "$TORCH_FROM" = "$VENV/bin/python" ] && TORCH_OK=1
+else
+  NEED_GIB=8  # the torch/torchvision pair alone is about 5.6 GB
 fi
 "$PYTHON" tools/install/check_disk.py "$VENV" "${OVKIT_NEED_GIB:-$NEED_GIB}" \
   "the ovkit install into $VENV"
@@ -37,8 +40,9 @@ echo "[ovkit] build tools"
 $PIP install -q -r requirements/build.txt
 
 # torch: keep a present, compatible pair; otherwise install the tested pair.
-if "$PY" tools/install/check_torch.py; then
-  echo "[ovkit] keeping the installed torch: $("$PY" -c 'import torch; print(torch.__version__)')"
+# (requirements/build.txt pins no torch, so the first check still holds)
+if [ "$TORCH_OK" = 1 ] || "$PY" tools/install/check_torch.py; then
+  echo "[ovkit] keeping the installed torch: $("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
 else
   echo "[ovkit] installing the tested torch pair (requirements/torch.txt)"
   $PIP install -q -r requirements/torch.txt
