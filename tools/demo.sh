@@ -85,3 +85,4 @@ echo
 if [ $frcnn_done = 0 ]; then wait "$frcnn" || frcnn_failed; fi
 trap - EXIT
 grep -A20 "^== metrics of" "$log"
+echo "make demo: done in $((SECONDS / 60)) min $((SECONDS % 60)) s"

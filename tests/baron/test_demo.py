@@ -11,7 +11,7 @@ the base ones right, and the ablation (bag and single-region losses off) does no
 of 77 base boxes; the ablation named the base boxes and no novel one on seed 0, and called every
 box "star" on seeds 1 and 2); and BARON's novel AP50 is above the ablation's. Its size is not
 asserted: empty background scored as "star" caps it at 11-36 depending on the seed, so a
-threshold there would test the seed. About 10 minutes on 2 idle CPU cores (9.7, 10.7 and 9.9
+threshold there would test the seed. About 10 minutes on 2 idle CPU cores (9.7, 10.7, 9.9 and 9.9
 measured).
 """
 import os
