@@ -63,6 +63,7 @@ def test_demo_names_novel_classes_the_ablation_misses(tmp_path, monkeypatch):
     assert baron['base'] >= 0.5, rows  # a working detector on the classes it was trained on
     assert baron['novel'] > ablation['novel'], rows
     assert list((ws / 'outputs' / 'ov_infer').glob('*.png')), 'ov_infer drew nothing'
+    assert re.search(r'^make demo: done in \d+ min \d+ s$', out, re.M), out[-500:]
 
     shares = _named_right(ws, 'shapes.py', 'baron', monkeypatch)
     assert shares['novel'] >= 0.8 and shares['base'] >= 0.8, shares
