@@ -84,6 +84,15 @@ def _loggers_write_to_open_streams():
     yield
 
 
+def experiment_name(prefix):
+    """A Runner's ``experiment_name`` no other Runner of this process has. mmengine names the
+    Runner's logger and Visualizer singletons by it (by default the timestamp, to the second),
+    so a Runner made in the same second as an earlier test's would write into that test's
+    folder."""
+    import uuid
+    return f'{prefix}_{uuid.uuid4().hex[:8]}'
+
+
 def in_default_scope(scope):
     """An autouse fixture body for a family's tests: run each test under its host's default
     scope. mmengine keeps the default scope process-wide, so a test of another host (or a

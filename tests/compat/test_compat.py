@@ -3,7 +3,6 @@ import json
 import pickle
 import subprocess
 import sys
-import uuid
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 import ovkit  # noqa: F401  (applies compat)
+from tests.conftest import experiment_name
 
 
 class _ToyModel(nn.Module):
@@ -57,7 +57,7 @@ def _runner(work_dir, max_iters, **kwargs):
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
         param_scheduler=[dict(type='MultiStepLR', by_epoch=False, milestones=[3])],
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=4, by_epoch=False)),
-        randomness=dict(seed=0), experiment_name=f'compat_{uuid.uuid4().hex[:8]}', **kwargs)
+        randomness=dict(seed=0), experiment_name=experiment_name('compat'), **kwargs)
 
 
 def test_torch_loads_weights_only_by_default():

@@ -2,7 +2,6 @@
 and how the tools print them (one line, once)."""
 import copy
 import os.path as osp
-import uuid
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from ovkit.engine.guards import (
     checkpoint_fit_problem,
     non_finite_rows,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, experiment_name
 
 FRCNN = osp.join(REPO, 'configs', 'shapes', 'faster_rcnn_tiny.py')
 
@@ -66,9 +65,6 @@ class _Ones(BaseDataset):
 
 
 def _toy_runner(tmp_path, nan_from, hooks):
-    # A unique experiment name: mmengine names the Runner's logger and Visualizer singletons by
-    # it (the timestamp by default), so a Runner made in the same second as the previous test's
-    # would write into that test's folder.
     return Runner(
         model=_Toy(nan_from), work_dir=str(tmp_path),
         train_dataloader=dict(dataset=_Ones(), batch_size=2, num_workers=0,
@@ -79,7 +75,7 @@ def _toy_runner(tmp_path, nan_from, hooks):
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False),
                            logger=dict(type='LoggerHook', interval=1)),
         custom_hooks=hooks, default_scope='mmengine',
-        experiment_name=f'guards_{uuid.uuid4().hex[:8]}')
+        experiment_name=experiment_name('guards'))
 
 
 def test_nan_loss_stops_training_naming_iteration_and_term(tmp_path):

@@ -177,14 +177,14 @@ def run_toy(work_dir, resume_from=None, hooks=(), **kwargs):
         hooks: extra hook objects to register.
         **kwargs: passed to :func:`toy_config`.
     """
-    import uuid
-
     from mmengine.config import Config
     from mmengine.runner import Runner
     from mmengine.utils import import_modules_from_strings
+
+    from tests.conftest import experiment_name  # (here: training workers import this module)
     cfg = Config(toy_config(work_dir, **kwargs))
     import_modules_from_strings(**cfg.custom_imports)  # what Config.fromfile would do
-    cfg.experiment_name = f'toy_{uuid.uuid4().hex[:8]}'
+    cfg.experiment_name = experiment_name('toy')
     if resume_from is not None:
         cfg.resume = True
         cfg.load_from = None if resume_from == 'auto' else resume_from

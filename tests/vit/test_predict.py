@@ -1,7 +1,6 @@
 """predict.py against mmengine's Runner on configs whose data_preprocessor is top-level (the
 ImageNet ones), and its errors: unreadable images, checkpoints of another class count."""
 import os.path as osp
-import uuid
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 from mmengine.config import Config
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, experiment_name
 
 from .common import perturb, single_thread
 
@@ -81,7 +80,7 @@ def test_predict_scores_equal_runner_test_loop(base, imagenet, tmp_path):
     ckpt = synthetic_checkpoint(cfg, tmp_path / 'tiny.pth')
 
     cfg.work_dir = str(tmp_path / 'work')
-    cfg.experiment_name = f'predict_{uuid.uuid4().hex[:8]}'  # not a same-second peer's logger
+    cfg.experiment_name = experiment_name('predict')
     cfg.load_from = ckpt
     cfg.test_evaluator = [dict(type='DumpResults', out_file_path=str(tmp_path / 'dump.pkl'))]
     Runner.from_cfg(cfg).test()
